@@ -1,0 +1,168 @@
+"""The `plmtune` command. Each subcommand is one plain function; user errors exit 2 with one paragraph."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import PlmtuneError
+
+
+def _recipe(args: argparse.Namespace):
+    from .config import load_recipe
+
+    overrides = list(args.set or [])
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return load_recipe(args.recipe, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_finetune
+
+    recipe = _recipe(args)
+    result = run_finetune(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model)
+    test = result["test"] or {}
+    dev = result["dev"] or {}
+    print(f"{recipe.name} on {result['task']} (seed {result['seed']}): "
+          f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 {test.get('macro_f1', float('nan')):.4f}, "
+          f"MCC {test.get('mcc', float('nan')):.4f}; best dev accuracy {dev.get('accuracy', float('nan')):.4f}. "
+          f"Wrote {Path(args.out) / 'result.json'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path, args.set or [])
+        except PlmtuneError as err:
+            print(f"{path}: INVALID: {err}", file=sys.stderr)
+            failed += 1
+        else:
+            names = ", ".join(t.name for t in recipe.techniques) or "none"
+            print(f"{path}: ok (recipe '{recipe.name}', techniques: {names})")
+    return 2 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .config import recipe_to_yaml
+
+    print(recipe_to_yaml(_recipe(args)), end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .config import RECIPES_DIR
+    from .technique import registry
+
+    if args.what == "techniques":
+        items = {name: (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+                 for name, cls in registry().items()}
+    else:
+        items = {}
+        for path in sorted(RECIPES_DIR.glob("*.yaml")):
+            from .config import read_raw_recipe
+
+            items[path.stem] = str(read_raw_recipe(path).get("description", ""))
+    for name in sorted(items):
+        if fnmatch.fnmatch(name, args.pattern):
+            print(f"{name:20s} {items[name]}")
+    return 0
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .fewshot import make_fewshot
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise PlmtuneError(f"--seeds must be comma-separated integers, got '{args.seeds}'.") from None
+    cfg = DataConfig(text_field=args.text_field, text_pair_field=args.text_pair_field, label_field=args.label_field)
+    for path in make_fewshot(args.src, args.out, args.k, seeds, cfg):
+        meta = json.loads((path / "meta.json").read_text())
+        print(f"{path}: {meta['counts']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), seeds=[int(s) for s in args.seeds.split(",")], progress=sys.stderr.isatty())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plmtune", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def recipe_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="a recipe file or the name of a shipped recipe (see 'plmtune list recipes')")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable; ~KEY deletes)")
+
+    p = sub.add_parser("run", help="fine-tune a recipe on a task folder and write OUT/result.json")
+    recipe_args(p)
+    p.add_argument("--data", required=True, help="task folder with train/dev/test files")
+    p.add_argument("--out", required=True, help="output folder for result.json and metrics.jsonl")
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument("--save-model", action="store_true", help="also save the best model to OUT/model")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check recipes without loading any model")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("show", help="print a resolved recipe")
+    recipe_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list techniques or shipped recipes")
+    p.add_argument("what", choices=("techniques", "recipes"))
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("data", help="data preparation")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("fewshot", help="LM-BFF few-shot splits: K per class for train and for dev")
+    q.add_argument("src", help="dataset folder (train/dev/test or a single all.* file)")
+    q.add_argument("out", help="output folder; one subfolder K-SEED per seed")
+    q.add_argument("--k", type=int, default=16, help="examples per class (default 16)")
+    q.add_argument("--seeds", default="13,21,42,87,100", help="comma-separated seeds")
+    q.add_argument("--text-field", default="text")
+    q.add_argument("--text-pair-field", default="text_pair")
+    q.add_argument("--label-field", default="label")
+    q.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("demo", help="offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune")
+    p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
+    p.add_argument("--seeds", default="13,21,42")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PlmtuneError as err:
+        print(f"plmtune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("plmtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

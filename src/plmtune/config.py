@@ -1,0 +1,398 @@
+"""Recipes: YAML files that say what to train and how, checked before any model loads.
+
+A recipe has four sections and a technique list::
+
+    name: llrd
+    extends: baseline          # a shipped recipe name or a path relative to this file
+    model: {backbone: minilm, pooling: cls}
+    data: {max_length: 128}
+    train: {lr: 5.0e-5, epochs: 20}
+    techniques:
+      - {name: llrd, decay: 0.9}
+
+Loading goes: read YAML -> resolve ``extends`` (deep merge; lists are replaced, not merged)
+-> apply ``--set a.b=c`` overrides (``~a.b`` deletes) -> build frozen dataclasses, where an
+unknown key fails with the nearest valid name and an out-of-range value with its range ->
+resolve each technique through the registry -> cross-technique checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError, suggest
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+METRICS = ("accuracy", "macro_f1", "mcc")
+
+
+def check_range(where: str, value: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise RecipeError unless lo <= value <= hi (or strict where *_open)."""
+    ok = True
+    if lo is not None:
+        ok &= value > lo if lo_open else value >= lo
+    if hi is not None:
+        ok &= value < hi if hi_open else value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise RecipeError(f"{where} = {value!r} is out of range; allowed: {left}{lo_s}, {hi_s}{right}.")
+
+
+def check_choice(where: str, value: str, choices: typing.Iterable[str]) -> None:
+    if value not in choices:
+        raise RecipeError(f"{where} = {value!r} is not allowed.{suggest(str(value), choices)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Args:
+    backbone: 'minilm' (the bundled all-MiniLM-L6-v2), a local model directory, or a hub name.
+    pooling: how the head pools the encoder output ('cls' or 'mean').
+    dropout: dropout before the classifier layer.
+    """
+
+    backbone: str = "minilm"
+    pooling: str = "mean"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        from .models import POOLINGS
+
+        check_choice("model.pooling", self.pooling, POOLINGS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Args:
+    text_field / text_pair_field / label_field: field (column) names in the data files.
+    label_names: names of the classes in id order; needed only where labels are names and a
+        fixed order matters (otherwise names are sorted).
+    max_length: tokens per example after truncation.
+    """
+
+    text_field: str = "text"
+    text_pair_field: str = "text_pair"
+    label_field: str = "label"
+    label_names: list[str] | None = None
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        check_range("data.max_length", self.max_length, 8, 4096)
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise RecipeError(f"data.label_names has duplicates: {self.label_names}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Args:
+    epochs: passes over the training split (ignored where max_steps > 0).
+    max_steps: optimiser steps in all; 0 lets epochs decide.
+    batch_size / eval_batch_size: examples per batch for training / evaluation.
+    lr: peak learning rate (AdamW) after warm-up; decays linearly to 0.
+    weight_decay: AdamW decoupled weight decay, not applied to biases and LayerNorm weights.
+    warmup_ratio: share of all steps spent warming up linearly from 0.
+    grad_clip: max global gradient norm; 0 turns clipping off.
+    grad_accum: micro-batches per optimiser step.
+    bf16: bf16 autocast (much faster on CPUs with AMX and on recent GPUs).
+    fused: fused AdamW kernel where the torch build has one (about 4x faster optimiser step).
+    eval_every: evaluate on dev every this many epochs.
+    early_stopping_patience: stop after this many evaluations without dev improvement; 0 = off.
+    select_metric: the dev metric that picks the checkpoint restored before test.
+    seed: seeds Python, numpy, torch and the data order.
+    """
+
+    epochs: int = 20
+    max_steps: int = 0
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    bf16: bool = False
+    fused: bool = True
+    eval_every: int = 1
+    early_stopping_patience: int = 0
+    select_metric: str = "accuracy"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_range("train.epochs", self.epochs, 1, 100_000)
+        check_range("train.max_steps", self.max_steps, 0, 10_000_000)
+        check_range("train.batch_size", self.batch_size, 1, 65_536)
+        check_range("train.eval_batch_size", self.eval_batch_size, 1, 65_536)
+        check_range("train.lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0, hi_open=True)
+        check_range("train.grad_clip", self.grad_clip, 0.0, None)
+        check_range("train.grad_accum", self.grad_accum, 1, 4096)
+        check_range("train.eval_every", self.eval_every, 1, 100_000)
+        check_range("train.early_stopping_patience", self.early_stopping_patience, 0, 100_000)
+        check_range("train.seed", self.seed, 0, 2**32 - 1)
+        check_choice("train.select_metric", self.select_metric, METRICS)
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    """One entry of a recipe's technique list, resolved through the registry."""
+
+    name: str
+    config: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    techniques: tuple[TechniqueSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "techniques": [t.to_dict() for t in self.techniques],
+        }
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+TOP_KEYS = ("name", "description", "extends", "model", "data", "train", "techniques")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a simple annotation (int, float, bool, str, list[str], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where} must be a list, got {value!r}.")
+        (item,) = typing.get_args(hint)[:1]
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads '1e-4' (no dot) as a string; accept it as the number it means.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} must be a string, got {value!r}.")
+        return value
+    if hint is typing.Any:
+        return value
+    raise TypeError(f"unsupported annotation {_type_name(hint)} for {where}")
+
+
+def build_dataclass(cls: type, raw: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
+    """Build `cls` from a mapping, rejecting unknown keys with the nearest valid name."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping of keys to values, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key in skip:
+            continue
+        if key not in names:
+            raise RecipeError(f"Unknown key '{where}.{key}'.{suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except RecipeError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where}: {err}") from err
+
+
+def build_recipe(raw: dict[str, Any]) -> Recipe:
+    """Turn a merged, override-applied mapping into a validated :class:`Recipe`."""
+    from .technique import check_composition, resolve_technique
+
+    if not isinstance(raw, dict):
+        raise RecipeError(f"A recipe must be a mapping at the top level, got {type(raw).__name__}.")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise RecipeError(f"Unknown top-level key '{key}'.{suggest(str(key), TOP_KEYS)}")
+    sections = {name: build_dataclass(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    entries = raw.get("techniques") or []
+    if not isinstance(entries, list):
+        raise RecipeError("techniques must be a list of {name: ..., <options>} mappings.")
+    specs = tuple(resolve_technique(entry, f"techniques[{i}]") for i, entry in enumerate(entries))
+    recipe = Recipe(
+        name=str(raw.get("name", "recipe")),
+        description=str(raw.get("description", "")),
+        techniques=specs,
+        **sections,
+    )
+    check_composition(recipe)
+    return recipe
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def find_recipe(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe path, or the name of a shipped recipe ('baseline', 'llrd', ...)."""
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / str(name_or_path))
+    stem = Path(str(name_or_path)).name.removesuffix(".yaml").removesuffix(".yml")
+    candidates.append(RECIPES_DIR / f"{stem}.yaml")
+    for path in candidates:
+        if path.is_file():
+            return path
+    shipped = [p.stem for p in RECIPES_DIR.glob("*.yaml")]
+    raise RecipeError(f"Recipe '{name_or_path}' is neither a file nor a shipped recipe.{suggest(stem, shipped)}")
+
+
+def read_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe file and resolve its `extends` chain (no validation yet)."""
+    path = find_recipe(name_or_path, _seen[-1].parent if _seen else None).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise RecipeError(f"Recipe extends itself in a loop: {chain}.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"Recipe {path} is not UTF-8 text: {err}") from err
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Recipe {path} must be a YAML mapping at the top level.")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _deep_merge(read_raw_recipe(parent, (*_seen, path)), raw)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """Apply one `a.b=c` (value parsed as YAML) or `~a.b` (delete) override in place."""
+    delete = override.startswith("~")
+    if delete:
+        dotted, value = override[1:], None
+    else:
+        if "=" not in override:
+            raise RecipeError(f"Override '{override}' must look like key.sub=value or ~key.sub.")
+        dotted, text = override.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise RecipeError(f"Override '{override}': the value is not valid YAML ({err}).") from err
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise RecipeError(f"Override '{override}' has an empty key.")
+    node: Any = raw
+    for i, key in enumerate(keys[:-1]):
+        node = _child(node, key, override, create=not delete)
+    last = keys[-1]
+    if isinstance(node, list):
+        index = _index(node, last, override)
+        if delete:
+            node.pop(index)
+        else:
+            node[index] = value
+    elif delete:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return raw
+
+
+def _index(node: list, key: str, override: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise RecipeError(f"Override '{override}': '{key}' is not an index of a list of {len(node)}.")
+    return int(key)
+
+
+def _child(node: Any, key: str, override: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, override)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"Override '{override}': '{key}' is below a value that is not a mapping.")
+    if key not in node or node[key] is None:
+        if not create:
+            return {}
+        node[key] = {}
+    return node[key]
+
+
+def load_recipe(name_or_path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Load, merge, override and validate a recipe.
+
+    Example:
+        >>> recipe = load_recipe("llrd", ["train.lr=3e-5", "techniques.0.decay=0.8"])
+    """
+    raw = read_raw_recipe(name_or_path)
+    for override in overrides:
+        apply_override(raw, override)
+    return build_recipe(raw)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,130 @@
+"""The fine-tuning stage: data -> techniques -> model -> fit -> test -> result.json.
+
+Everything a run writes goes into its output folder: ``metrics.jsonl`` (every step and
+evaluation), ``recipe.yaml`` (the resolved recipe) and ``result.json``, the last written
+atomically so that a folder with a result.json holds a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe, recipe_to_yaml
+from .data import EncodedSplit, PadCollator, eval_loader, load_task, train_loader
+from .engine.loop import MetricLog, evaluate, fit
+from .models import SequenceClassifier, count_parameters, load_backbone
+from .provenance import git_commit, machine, versions
+from .technique import TrainContext, build_techniques
+
+logger = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create the run folder and make sure it is writable before any training time is spent."""
+    from .errors import PlmtuneError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PlmtuneError(f"Cannot write to the output folder {out}: {err.strerror or err}.") from err
+    for stale in ("result.json", "metrics.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+
+
+def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
+                 progress: bool = False, save_model: bool = False) -> dict[str, Any]:
+    """Fine-tune `recipe` on a task folder and write the run folder; return the result dict.
+
+    With `save_model`, the best checkpoint goes to ``out/model`` (loadable as a backbone).
+    """
+    from accelerate.utils import set_seed
+
+    seed = recipe.train.seed if seed is None else seed
+    out = Path(out)
+    task = load_task(task_dir, recipe.data, need=("train",))
+    prepare_out_dir(out)
+    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    set_seed(seed)
+    techniques = build_techniques(recipe)
+    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels)
+    splits = task.splits
+    for technique in techniques:
+        splits = technique.prepare_data(splits, ctx)
+
+    tokenizer, encoder = load_backbone(recipe.model.backbone)
+    ctx.tokenizer = tokenizer
+    model = SequenceClassifier(encoder, task.num_labels, recipe.model.pooling, recipe.model.dropout)
+    for technique in techniques:
+        model = technique.prepare_model(model, ctx)
+    params = count_parameters(model)
+
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    encoded = {name: EncodedSplit(rows, tokenizer, recipe.data.max_length) for name, rows in splits.items()}
+    cfg = recipe.train
+    loader = train_loader(encoded["train"], cfg.batch_size, seed, collate)
+    dev = eval_loader(encoded["dev"], cfg.eval_batch_size, collate) if "dev" in encoded else None
+    log = MetricLog(out / "metrics.jsonl")
+    try:
+        fitted = fit(model, techniques, ctx, loader, dev, cfg, log, progress=progress)
+        test_metrics, eval_seconds = None, 0.0
+        if "test" in encoded:
+            start = time.perf_counter()
+            test_loader = ctx.accelerator.prepare(eval_loader(encoded["test"], cfg.eval_batch_size, collate))
+            test_metrics = evaluate(ctx.model, test_loader, ctx.accelerator, task.num_labels)["metrics"]
+            eval_seconds = time.perf_counter() - start
+            log.write({"type": "eval", "split": "test", "step": fitted.steps, **test_metrics})
+    finally:
+        log.close()
+
+    result = {
+        "status": "ok",
+        "task": task.name,
+        "task_dir": str(Path(task_dir).resolve()),
+        "data_files": {k: str(v.resolve()) for k, v in task.files.items()},
+        "num_labels": task.num_labels,
+        "label_names": task.label_names,
+        "sizes": {name: len(rows) for name, rows in splits.items()},
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "test": test_metrics,
+        "dev": fitted.best_dev,
+        "dev_history": fitted.dev_history,
+        "best_epoch": fitted.best_epoch,
+        "steps": fitted.steps,
+        "epochs_run": fitted.epochs_run,
+        "stopped_early": fitted.stopped_early,
+        "train_seconds": round(fitted.train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "parameters": params,
+        "versions": versions(),
+        "machine": machine(),
+        "git": git_commit(),
+    }
+    if ctx.accelerator.is_main_process:
+        write_json_atomic(out / "result.json", result)
+        if save_model:
+            ctx.accelerator.unwrap_model(ctx.model).save(out / "model", tokenizer)
+    return result

@@ -1,0 +1,82 @@
+"""Shared fixtures. Unit tests use a tiny random BERT; `slow` tests use the real model and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a dataset in ../shared/data, or a visible skip where ../shared is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"../shared/data/{name} is absent on this machine (needed for real-data tests)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from plmtune.models import load_backbone
+
+    tok, _ = load_backbone("minilm")
+    return tok
+
+
+@pytest.fixture
+def tiny_model():
+    from plmtune.models import SequenceClassifier, tiny_bert
+
+    return SequenceClassifier(tiny_bert(vocab_size=30522, seed=0), num_labels=2, dropout=0.0)
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    import json
+
+    def write(name: str, rows: list, folder: Path | None = None) -> Path:
+        folder = folder or tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def toy_task(tmp_path, write_jsonl):
+    """A learnable toy task: 'good ...' is positive, 'bad ...' negative."""
+    import random
+
+    rng = random.Random(0)
+    nouns = ["film", "meal", "phone", "book", "song", "hotel", "car", "game", "show", "chair"]
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            pos = i % 2 == 0
+            out.append({"text": f"{'good great' if pos else 'bad awful'} {rng.choice(nouns)}", "label": int(pos)})
+        return out
+
+    folder = tmp_path / "toy"
+    write_jsonl("train.jsonl", rows(32), folder)
+    write_jsonl("dev.jsonl", rows(16), folder)
+    write_jsonl("test.jsonl", rows(16), folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # Keep unit tests predictable on the 2-core machines; restore afterwards.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+
+from conftest import SHARED_DATA, shared_dataset
+from plmtune.config import DataConfig
+from plmtune.data import EncodedSplit, PadCollator, eval_loader, load_task, read_records
+from plmtune.errors import DataError
+
+CFG = DataConfig()
+
+
+@pytest.mark.parametrize("name", ["sst2", "trec", "rte", "mrpc", "cola", "chnsenticorp"])
+def test_shared_datasets_load_as_they_are(name):
+    task = load_task(shared_dataset(name), CFG)
+    assert task.num_labels == {"trec": 6}.get(name, 2)
+    assert task.is_pair == (name in ("rte", "mrpc"))
+    assert all(0 <= row["label"] < task.num_labels for rows in task.splits.values() for row in rows)
+
+
+def test_single_file_dataset_points_to_fewshot():
+    with pytest.raises(DataError, match="plmtune data fewshot"):
+        load_task(shared_dataset("subj"), CFG)
+
+
+def test_csv_and_tsv_with_label_names(tmp_path):
+    (tmp_path / "train.csv").write_text('text,label\n"a, quoted one",pos\nplain,neg\n')
+    (tmp_path / "dev.tsv").write_text('text\tlabel\n"quotes" kept\tpos\nx\tneg\n')
+    task = load_task(tmp_path, CFG)
+    assert task.label_names == ["neg", "pos"]
+    assert task.splits["train"][0] == {"text": "a, quoted one", "label": 1, "source": "train.csv:2"}
+    assert task.splits["dev"][0]["text"] == '"quotes" kept'
+
+
+def test_label_names_from_recipe_fix_the_order(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    task = load_task(tmp_path, DataConfig(label_names=["pos", "neg"]))
+    assert [r["label"] for r in task.splits["train"]] == [0, 1]
+
+
+def test_field_names_can_be_mapped(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [{"sentence": "a", "y": 0}, {"sentence": "b", "y": 1}])
+    task = load_task(tmp_path, DataConfig(text_field="sentence", label_field="y"))
+    assert task.splits["train"][1]["text"] == "b"
+
+
+GOOD = {"text": "fine", "label": 0}
+GOOD1 = {"text": "fine", "label": 1}
+
+
+@pytest.mark.parametrize(
+    ("train_rows", "dev_rows", "pattern"),
+    [
+        ([GOOD, "{not json", GOOD1], None, r"train.jsonl, line 2: malformed JSON"),
+        ([GOOD, {"label": 1}], None, r"train.jsonl, line 2, field 'text': missing field"),
+        ([GOOD, {"text": 3, "label": 1}], None, r"line 2, field 'text': must be a string"),
+        ([GOOD, GOOD1], [{"text": "x", "label": 7}], r"dev.jsonl, line 1, field 'label': label id 7"),
+        ([{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}], [{"text": "c", "label": "neutral"}],
+         r"dev.jsonl, line 1, field 'label': unknown label name 'neutral'"),
+        ([{"text": "a", "label": 0}, {"text": "b", "label": 2}], None, r"class\(es\) 1 never occur in train"),
+        ([GOOD, GOOD], None, "single class"),
+        ([GOOD, {"text": "a", "label": True}], None, r"line 2, field 'label': a label must be"),
+        ([GOOD, {"text": "a", "label": "pos"}], None, r"line 2, field 'label': labels mix"),
+        ([[1, 2]], None, r"line 1: each line must be a JSON object"),
+        ([{"text": "a", "text_pair": "b", "label": 0}, {"text": "c", "label": 1}], None,
+         r"line 2, field 'text_pair': missing field"),
+    ],
+)
+def test_bad_data_names_file_line_and_field(tmp_path, write_jsonl, train_rows, dev_rows, pattern):
+    write_jsonl("train.jsonl", train_rows)
+    if dev_rows is not None:
+        write_jsonl("dev.jsonl", dev_rows)
+    with pytest.raises(DataError, match=pattern):
+        load_task(tmp_path, CFG)
+
+
+def test_empty_split_and_non_utf8(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [GOOD, GOOD1])
+    (tmp_path / "dev.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match=r"dev.jsonl: the split is empty"):
+        load_task(tmp_path, CFG)
+    (tmp_path / "dev.jsonl").write_bytes(b'{"text": "ok", "label": 0}\n{"text": "caf\xe9", "label": 1}\n')
+    with pytest.raises(DataError, match=r"dev.jsonl, line 2: the file is not valid UTF-8 \(byte 0xe9\)"):
+        load_task(tmp_path, CFG)
+
+
+def test_two_files_for_one_split_is_ambiguous(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [GOOD, GOOD1])
+    (tmp_path / "train.csv").write_text("text,label\na,0\n")
+    with pytest.raises(DataError, match="more than one file for split 'train'"):
+        load_task(tmp_path, CFG)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    (tmp_path / "x.tsv").write_bytes("\ufefftext\tlabel\nhello\t1\n".encode())
+    assert read_records(tmp_path / "x.tsv") == [(2, {"text": "hello", "label": "1"})]
+
+
+def test_padding_and_length_sorted_eval_keep_row_order(tokenizer):
+    rows = [{"text": "a much longer sentence than the others here", "label": 0}, {"text": "short", "label": 1},
+            {"text": "medium length one", "label": 0}]
+    split = EncodedSplit(rows, tokenizer, max_length=16)
+    batches = list(eval_loader(split, 2, PadCollator(tokenizer.pad_token_id)))
+    assert batches[0]["index"].tolist() == [1, 2]  # shortest first
+    first = batches[0]
+    assert first["input_ids"].shape == first["attention_mask"].shape
+    assert first["attention_mask"][0].sum() < first["attention_mask"][1].sum()
+    assert (first["input_ids"][0][first["attention_mask"][0] == 0] == tokenizer.pad_token_id).all()
+
+
+def test_truncation_respects_max_length(tokenizer):
+    split = EncodedSplit([{"text": "word " * 100, "label": 0}], tokenizer, max_length=12)
+    assert split.lengths() == [12]
+
+
+def test_shared_data_readme_present_or_skip():
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent on this machine")
+    assert (SHARED_DATA / "README.md").is_file()
