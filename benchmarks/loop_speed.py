@@ -139,7 +139,7 @@ def run_hf(encoded, collate, args) -> list[float]:
                               per_device_train_batch_size=args.batch, learning_rate=1e-4, weight_decay=0.01,
                               warmup_steps=int(0.1 * args.steps), lr_scheduler_type="linear",
                               max_grad_norm=1.0, optim="adamw_torch_fused", bf16=args.bf16, use_cpu=True,
-                              save_strategy="no", report_to=[], logging_steps=1, disable_tqdm=True,
+                              save_strategy="no", report_to=[], logging_steps=args.steps, disable_tqdm=True,
                               dataloader_num_workers=0, remove_unused_columns=False, seed=0)
     trainer = Trainer(model=WithLoss(fresh_model(0)), args=targs, train_dataset=encoded, data_collator=collate,
                       callbacks=[Clock()])

@@ -45,7 +45,9 @@ def resolve_backbone(name: str) -> str:
 def load_backbone(name: str) -> tuple[Any, nn.Module]:
     """Load (tokenizer, encoder) from an alias, a local directory, or a hub name."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load clutters multi-run output; ours shows progress
     source = resolve_backbone(name)
     local = Path(source).exists()
     try:

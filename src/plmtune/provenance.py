@@ -26,11 +26,22 @@ def versions() -> dict[str, str | None]:
 def machine() -> dict[str, Any]:
     import torch
 
-    info = {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+    info = {"platform": platform.platform(), "processor": platform.machine(), "cpu_model": _cpu_model(),
+            "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def git_commit() -> dict[str, Any] | None:
