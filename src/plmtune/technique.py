@@ -20,7 +20,8 @@ prepare_model          model surgery before the optimiser exists (noise, adapter
 param_groups           optimiser parameter groups; at most one technique per recipe
 wrap_optimizer         wrap the optimiser (gradient masks); chained in recipe order
 adjust_loss            change the loss after the forward pass; chained in recipe order
-on_fit_start ...       step events: on_fit_start, on_step_end, on_epoch_end, on_fit_end
+on_fit_start ...       events: on_fit_start, on_step_end, on_epoch_end, on_evaluate_start,
+                       on_evaluate_end (around each dev evaluation and checkpoint pick), on_fit_end
 state_dict             technique state saved in checkpoints (load_state_dict restores it)
 =====================  ======================================================================
 """
@@ -48,6 +49,8 @@ HOOKS = (
     "on_fit_start",
     "on_step_end",
     "on_epoch_end",
+    "on_evaluate_start",
+    "on_evaluate_end",
     "on_fit_end",
     "state_dict",
     "load_state_dict",
@@ -108,6 +111,12 @@ class Technique:
         pass
 
     def on_epoch_end(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_evaluate_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_evaluate_end(self, ctx: TrainContext) -> None:
         pass
 
     def on_fit_end(self, ctx: TrainContext) -> None:
