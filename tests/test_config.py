@@ -94,3 +94,13 @@ def test_resolved_recipe_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(recipe_to_yaml(recipe))
     assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize(("pair", "reason"), [
+    (["mixout", "lora"], "LoRA replaces the same linear layers"),
+    (["lora", "gradual_unfreeze"], "unfreeze LoRA's frozen base"),
+    (["child_tuning", "gradual_unfreeze"], "Fisher pass"),
+])
+def test_incompatible_techniques_are_rejected_with_the_reason(pair, reason):
+    with pytest.raises(RecipeError, match=reason):
+        build_recipe({"techniques": [{"name": n} for n in pair]})

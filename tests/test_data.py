@@ -117,3 +117,28 @@ def test_shared_data_readme_present_or_skip():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent on this machine")
     assert (SHARED_DATA / "README.md").is_file()
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    ("head", list(range(10))),
+    ("tail", list(range(10, 20))),
+    ("head_tail", [0, 1, 2, 3] + list(range(14, 20))),
+])
+def test_truncation_head_tail_and_head_plus_tail(tokenizer, how, expected):
+    text = " ".join(str(i) for i in range(20))  # each number is one WordPiece token
+    split = EncodedSplit([{"text": text, "label": 0}], tokenizer, max_length=12, truncation=how, head_tokens=4)
+    ids = split.items[0]["input_ids"]
+    assert len(ids) == 12 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == [str(i) for i in expected]
+
+
+def test_short_texts_are_not_changed_by_head_tail(tokenizer):
+    plain = EncodedSplit([{"text": "a short one", "label": 0}], tokenizer, 32)
+    both = EncodedSplit([{"text": "a short one", "label": 0}], tokenizer, 32, truncation="head_tail")
+    assert plain.items[0]["input_ids"] == both.items[0]["input_ids"]
+
+
+def test_extra_fields_are_kept_for_techniques(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [{"text": "a", "label": 0, "features": [1, 2]}, {"text": "b", "label": 1, "id": 7}])
+    rows = load_task(tmp_path, CFG).splits["train"]
+    assert rows[0]["fields"] == {"features": [1, 2]} and rows[1]["fields"] == {"id": 7}

@@ -44,3 +44,45 @@ def test_parameter_counts(tiny_model):
     frozen = count_parameters(tiny_model)
     assert counts["trainable"] == counts["total"] == frozen["total"]
     assert frozen["trainable"] == 32 * 2 + 2
+
+
+def test_concat_cls_pooling_concatenates_the_top_layers_cls_states():
+    encoder = tiny_bert(num_layers=3, hidden=32, vocab_size=100, dropout=0.0)
+    model = SequenceClassifier(encoder, 2, pooling="concat_cls", pooling_layers=2, dropout=0.0).eval()
+    ids = torch.randint(5, 100, (3, 7))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states
+    expected = torch.cat([hidden[-2][:, 0], hidden[-1][:, 0]], dim=-1)
+    assert out["pooled"].shape == (3, 64) and torch.allclose(out["pooled"], expected, atol=1e-6)
+    assert model.classifier.in_features == 64
+
+
+def test_cnn_pooling_mixes_all_layers_and_trains():
+    model = SequenceClassifier(tiny_bert(num_layers=3, hidden=32, vocab_size=100), 2, pooling="cnn")
+    ids = torch.randint(5, 100, (4, 6))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert out["pooled"].shape == (4, 32) and (out["pooled"] >= 0).all()  # ReLU then max
+    out["logits"].sum().backward()
+    assert model.pooler.conv.weight.grad.abs().sum() > 0
+
+
+def test_pooling_layers_beyond_the_encoder_is_an_error():
+    with pytest.raises(PlmtuneError, match="pooling_layers = 9"):
+        SequenceClassifier(tiny_bert(num_layers=2), 2, pooling="concat_cls", pooling_layers=9)
+
+
+def test_features_at_head_widen_the_classifier_and_at_input_start_as_identity():
+    ids = torch.randint(5, 100, (2, 5))
+    mask = torch.ones_like(ids)
+    feats = torch.randn(2, 3)
+    model = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
+    plain = model(input_ids=ids, attention_mask=mask)["logits"]
+    model.enable_features(3, "input")
+    assert torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain, atol=1e-6)
+    with torch.no_grad():
+        model.feature_projection.weight.normal_()
+    assert not torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain)
+    head = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
+    head.enable_features(3, "head")
+    out = head(input_ids=ids, attention_mask=mask, features=feats)
+    assert out["pooled"].shape == (2, 32 + 3) and torch.equal(out["pooled"][:, -3:], feats)

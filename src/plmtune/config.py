@@ -60,16 +60,21 @@ def check_choice(where: str, value: str, choices: typing.Iterable[str]) -> None:
 class ModelConfig:
     """Args:
     backbone: 'minilm' (the bundled all-MiniLM-L6-v2), a local model directory, or a hub name.
-    pooling: how the head pools the encoder output ('cls' or 'mean').
+    pooling: how the head pools the encoder output: 'cls', 'mean', 'concat_cls' (the [CLS]
+        states of the top `pooling_layers` layers, concatenated) or 'cnn' (a convolution across
+        the per-layer [CLS] states).
+    pooling_layers: layers used by 'concat_cls' and 'cnn'; 0 = all.
     dropout: dropout before the classifier layer.
     """
 
     backbone: str = "minilm"
     pooling: str = "mean"
+    pooling_layers: int = 0
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
         check_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        check_range("model.pooling_layers", self.pooling_layers, 0, 1000)
         from .models import POOLINGS
 
         check_choice("model.pooling", self.pooling, POOLINGS)
@@ -82,6 +87,10 @@ class DataConfig:
     label_names: names of the classes in id order; needed only where labels are names and a
         fixed order matters (otherwise names are sorted).
     max_length: tokens per example after truncation.
+    truncation: which tokens of a long single text survive: 'head' (the first), 'tail' (the
+        last), or 'head_tail' (the first `head_tokens` and the rest from the end; Sun et al.
+        2019 found head+tail best for long reviews). Pair tasks use 'head' only.
+    head_tokens: tokens kept from the start with 'head_tail'; 0 = a quarter of the budget.
     """
 
     text_field: str = "text"
@@ -89,9 +98,13 @@ class DataConfig:
     label_field: str = "label"
     label_names: list[str] | None = None
     max_length: int = 128
+    truncation: str = "head"
+    head_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_range("data.max_length", self.max_length, 8, 4096)
+        check_choice("data.truncation", self.truncation, ("head", "tail", "head_tail"))
+        check_range("data.head_tokens", self.head_tokens, 0, self.max_length - 3)
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise RecipeError(f"data.label_names has duplicates: {self.label_names}.")
 

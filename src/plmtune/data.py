@@ -137,6 +137,9 @@ def read_rows(path: Path, cfg: DataConfig, labelled: bool = True, is_pair: bool 
         row: dict[str, Any] = {"text": _text(record, cfg.text_field, path, line), "source": f"{path.name}:{line}"}
         if is_pair:
             row["text_pair"] = _text(record, cfg.text_pair_field, path, line)
+        extra = {k: v for k, v in record.items() if k not in (cfg.text_field, cfg.text_pair_field, cfg.label_field)}
+        if extra:
+            row["fields"] = extra  # other columns (ids, feature vectors) for techniques to use
         if labelled:
             if cfg.label_field not in record:
                 _text(record, cfg.label_field, path, line)  # raises the missing-field error
@@ -202,25 +205,47 @@ def load_task(task_dir: str | Path, cfg: DataConfig, need: tuple[str, ...] = ("t
         splits[split], pair = read_rows(path, cfg, is_pair=is_pair)
         is_pair = pair if is_pair is None else is_pair
     names, num_labels = assign_label_ids(splits, files, cfg)
-    return TaskData(task_dir.name, task_dir, splits, names, num_labels, bool(is_pair), files)
+    return TaskData(task_name(task_dir), task_dir, splits, names, num_labels, bool(is_pair), files)
+
+
+def task_name(task_dir: Path) -> str:
+    """'sst2/16-13' for a few-shot folder made by `plmtune data fewshot`, else the folder name."""
+    meta = task_dir / "meta.json"
+    if meta.is_file():
+        try:
+            source = json.loads(meta.read_text(encoding="utf-8")).get("source")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            source = None
+        if source:
+            return f"{Path(source).name}/{task_dir.name}"
+    return task_dir.name
 
 
 # --------------------------------------------------------------------------- tensors
 
 
 class EncodedSplit(torch.utils.data.Dataset):
-    """Tokenised rows; each item carries its row index so predictions can be put back in order."""
+    """Tokenised rows; each item carries its row index so predictions can be put back in order.
 
-    def __init__(self, rows: list[dict], tokenizer: Any, max_length: int):
+    Rows with a ``features`` list (knowledge injection) carry it into the batch as floats.
+    """
+
+    def __init__(self, rows: list[dict], tokenizer: Any, max_length: int, truncation: str = "head",
+                 head_tokens: int = 0):
         texts = [r["text"] for r in rows]
         pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        if truncation == "head" or pairs is not None:
+            enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        else:
+            enc = _truncate_single(texts, tokenizer, max_length, truncation, head_tokens)
         self.items = []
         for i, row in enumerate(rows):
             item = {key: enc[key][i] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
             item["index"] = i
             if "label" in row:
                 item["labels"] = row["label"]
+            if "features" in row:
+                item["features"] = row["features"]
             self.items.append(item)
 
     def __len__(self) -> int:
@@ -231,6 +256,33 @@ class EncodedSplit(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         return [len(item["input_ids"]) for item in self.items]
+
+
+def _truncate_single(texts: list[str], tokenizer: Any, max_length: int, how: str, head_tokens: int
+                     ) -> dict[str, list[list[int]]]:
+    """Keep the tail, or the head and the tail, of each text's tokens (then add [CLS]/[SEP])."""
+    prefix, suffix = _special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    head = head_tokens or budget // 4
+    out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        if len(ids) > budget:
+            ids = ids[-budget:] if how == "tail" else ids[:head] + ids[len(ids) - (budget - head):]
+        full = prefix + ids + suffix
+        out["input_ids"].append(full)
+        out["attention_mask"].append([1] * len(full))
+        out["token_type_ids"].append([0] * len(full))
+    return out
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single text ([CLS] and [SEP] for BERT)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError("could not locate the text between the tokenizer's special tokens")
 
 
 class PadCollator:
@@ -248,6 +300,8 @@ class PadCollator:
         for key in ("labels", "index"):
             if key in items[0]:
                 batch[key] = torch.tensor([item[key] for item in items])
+        if "features" in items[0]:
+            batch["features"] = torch.tensor([item["features"] for item in items], dtype=torch.float32)
         return batch
 
 

@@ -76,13 +76,15 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
 
     tokenizer, encoder = load_backbone(recipe.model.backbone)
     ctx.tokenizer = tokenizer
-    model = SequenceClassifier(encoder, task.num_labels, recipe.model.pooling, recipe.model.dropout)
+    model = SequenceClassifier(encoder, task.num_labels, recipe.model.pooling, recipe.model.dropout,
+                               recipe.model.pooling_layers)
     for technique in techniques:
         model = technique.prepare_model(model, ctx)
     params = count_parameters(model)
 
     collate = PadCollator(tokenizer.pad_token_id or 0)
-    encoded = {name: EncodedSplit(rows, tokenizer, recipe.data.max_length) for name, rows in splits.items()}
+    encoded = {name: EncodedSplit(rows, tokenizer, recipe.data.max_length, recipe.data.truncation,
+                                  recipe.data.head_tokens) for name, rows in splits.items()}
     cfg = recipe.train
     loader = train_loader(encoded["train"], cfg.batch_size, seed, collate)
     dev = eval_loader(encoded["dev"], cfg.eval_batch_size, collate) if "dev" in encoded else None

@@ -83,7 +83,7 @@ class Technique:
 
     name: str = ""
     config_class: type = type(None)
-    conflicts_with: tuple[str, ...] = ()
+    conflicts_with: dict[str, str] = {}  # other technique -> why the two cannot be combined
 
     def __init__(self, config: Any):
         self.config = config
@@ -195,9 +195,9 @@ def check_composition(recipe: Recipe) -> None:
                 "a recipe may use only one of them."
             )
     for name in names:
-        for other in known[name].conflicts_with:
+        for other, reason in known[name].conflicts_with.items():
             if other in names:
-                raise RecipeError(f"Technique '{name}' cannot be combined with '{other}'.")
+                raise RecipeError(f"Technique '{name}' cannot be combined with '{other}': {reason}")
 
 
 def build_techniques(recipe: Recipe) -> list[Technique]:

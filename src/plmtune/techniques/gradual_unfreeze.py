@@ -50,6 +50,11 @@ def set_trainable_depth(model: nn.Module, unfrozen: int) -> int:
 
 @register("gradual_unfreeze", GradualUnfreezeConfig)
 class GradualUnfreeze(Technique):
+    conflicts_with = {
+        "lora": "gradual unfreezing sets requires_grad by depth and would unfreeze LoRA's frozen base weights.",
+        "child_tuning": "frozen layers get no gradients, so ChildTuning-D's Fisher pass would not see them.",
+    }
+
     def _model(self, ctx: TrainContext) -> nn.Module:
         return ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator else ctx.model
 

@@ -71,6 +71,9 @@ def apply_mixout(encoder: nn.Module, p: float) -> int:
 
 @register("mixout", MixoutConfig)
 class Mixout(Technique):
+    conflicts_with = {"lora": "LoRA replaces the same linear layers that mixout parametrises; one would "
+                              "silently undo the other."}
+
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         if self.config.disable_dropout:
             for module in model.encoder.modules():
