@@ -29,57 +29,15 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _common import FixedPad, StepClock, fresh_model, texts  # noqa: E402
+
 from plmtune.config import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.engine.optim import default_param_groups, linear_schedule, make_adamw  # noqa: E402
-from plmtune.models import SequenceClassifier, load_backbone  # noqa: E402
+from plmtune.models import load_backbone  # noqa: E402
 from plmtune.provenance import machine, versions  # noqa: E402
-from plmtune.technique import Technique, TrainContext  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.jsonl"
-
-
-class FixedPad:
-    """Pads every batch to the same length, so that all engines see identical shapes."""
-
-    def __init__(self, length: int):
-        self.length = length
-
-    def __call__(self, items):
-        def pad(key, value):
-            return torch.tensor([it[key] + [value] * (self.length - len(it[key])) for it in items])
-
-        return {"input_ids": pad("input_ids", 0), "attention_mask": pad("attention_mask", 0),
-                "token_type_ids": pad("token_type_ids", 0), "labels": torch.tensor([it["labels"] for it in items])}
-
-
-def texts(n: int) -> list[dict]:
-    if SHARED.is_file():
-        rows = [json.loads(line) for line in SHARED.read_text().splitlines()[:n]]
-    else:
-        from plmtune.demo import write_demo_data
-
-        folder = write_demo_data(Path("/tmp/plmtune-bench-data"))
-        rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
-        rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in (rows * (n // len(rows) + 1))[:n]]
-    return rows
-
-
-def fresh_model(seed: int):
-    torch.manual_seed(seed)
-    _, encoder = load_backbone("minilm")
-    return SequenceClassifier(encoder, 2)
-
-
-class StepClock(Technique):
-    def __init__(self):
-        super().__init__(None)
-        self.times = [time.perf_counter()]
-
-    def on_step_end(self, ctx):
-        self.times.append(time.perf_counter())
-
+from plmtune.technique import TrainContext  # noqa: E402
 
 def run_plmtune(loader, args) -> list[float]:
     recipe = load_recipe("baseline", [f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
@@ -87,7 +45,6 @@ def run_plmtune(loader, args) -> list[float]:
     model = fresh_model(0)
     clock = StepClock()
     ctx = TrainContext(recipe=recipe, seed=0, num_labels=2)
-    clock.times = []
     fit(model, [clock], ctx, loader, None, recipe.train, MetricLog(None))
     return clock.times
 

@@ -99,6 +99,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peer(args: argparse.Namespace) -> int:
+    from .bench.peers import run_peer
+    from .run import prepare_out_dir, write_json_atomic
+
+    out = Path(args.out)
+    prepare_out_dir(out)
+    result = run_peer(args.name, args.data, args.seed, args.backbone)
+    write_json_atomic(out / "result.json", result)
+    print(f"{args.name} on {result['task']} (seed {args.seed}): test accuracy "
+          f"{(result['test'] or {}).get('accuracy', float('nan')):.4f}. Wrote {out / 'result.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import run_suite
+    from .bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    counts = run_suite(suite, Path(args.out), jobs=args.jobs, only=args.only, progress=True)
+    print(f"bench {suite.name}: {counts['total']} runs, {counts['skipped']} already done, {counts['ran']} ran, "
+          f"{counts['failed']} failed. Report: plmtune report {args.out}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import write_report
+
+    md, page = write_report(Path(args.dir), args.baseline)
+    print(f"Wrote {md} and {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plmtune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -142,6 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text-pair-field", default="text_pair")
     q.add_argument("--label-field", default="label")
     q.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("peer", help="run a peer baseline (majority, linear_probe, setfit) on a task folder")
+    p.add_argument("name", choices=("majority", "linear_probe", "setfit"))
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--backbone", default="minilm")
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser("bench", help="run a suite: methods x tasks x K x seeds, each run in its own process")
+    p.add_argument("suite", help="a suite file, or the name of one in benchmarks/suites")
+    p.add_argument("--out", required=True, help="bench folder; a re-run skips finished runs")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="runs at once (each then gets 1 CPU thread)")
+    p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="report.md and report.html from a bench folder")
+    p.add_argument("dir")
+    p.add_argument("--baseline", help="compare with this method instead of the suite's baseline")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune")
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")

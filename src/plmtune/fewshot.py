@@ -146,7 +146,8 @@ def make_fewshot(src: str | Path, out: str | Path, k: int, seeds: list[int],
             _write_jsonl(tmp / "test.jsonl", [_strip(r, True) for r in test])
             _write_jsonl(tmp / "unlabeled.jsonl", [_strip(pool[i], False) for i in rest])
             info = dict(meta, k=k, seed=seed, counts={"train": len(train_idx), "dev": len(dev_idx),
-                                                       "test": len(test), "unlabeled": len(rest)})
+                                                       "test": len(test), "unlabeled": len(rest)},
+                        pool_label_counts={str(label): n for label, n in sorted(counts.items())})
             (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
             if final.exists():
                 shutil.rmtree(final)

@@ -56,6 +56,8 @@ class ChildTuningConfig:
     mode: 'F' (task-free, random masks) or 'D' (task-driven, Fisher mask).
     reserve_p: p, the share of gradient entries kept.
     per_example: D only; Fisher from per-example gradients (exact, slower) instead of per batch.
+    fisher_bf16: D only; run the Fisher pass under bf16 autocast (about 1.4x faster on CPUs
+        with AVX-512; gradients and sums stay fp32). Only the ranking of entries is used.
     decay_masked: apply weight decay to masked entries too; default true for F, false for D.
     clip_after_mask: clip the masked gradient again to train.grad_clip.
     """
@@ -63,6 +65,7 @@ class ChildTuningConfig:
     mode: str = "D"
     reserve_p: float = 0.3
     per_example: bool = False
+    fisher_bf16: bool = True
     decay_masked: bool | None = None
     clip_after_mask: bool = False
 
@@ -105,7 +108,10 @@ class MaskedOptimizer(torch.optim.Optimizer):
                     if keep is not None:
                         param.grad.mul_(keep)
                 if decay:
-                    param.mul_(1 - decay if keep is None else 1 - decay * keep)
+                    if keep is None:
+                        param.mul_(1 - decay)
+                    else:
+                        param.addcmul_(param, keep, value=-decay)  # decay only where keep is 1
                 grads.append(param.grad)
         if technique.clip_to:
             torch.nn.utils.clip_grad_norm_(grads, technique.clip_to)
@@ -143,7 +149,8 @@ class ChildTuning(Technique):
                 self.fisher_masks = {id(by_name[n]): m.to(by_name[n].device, by_name[n].dtype)
                                      for n, m in self.saved_masks.items()}
             else:
-                fisher = fisher_information(ctx.model, ctx.train_loader, ctx.accelerator, self.config.per_example)
+                fisher = fisher_information(ctx.model, ctx.train_loader, ctx.accelerator, self.config.per_example,
+                                            self.config.fisher_bf16)
                 self.fisher_masks = {id(p): m for p, m in top_fraction_masks(fisher, self.config.reserve_p).items()}
 
     def state_dict(self) -> dict:
@@ -197,38 +204,53 @@ class ChildTuning(Technique):
         return torch.from_numpy(words < self.keep_levels)
 
 
-def fisher_information(model: nn.Module, loader, accelerator, per_example: bool = False
+def fisher_information(model: nn.Module, loader, accelerator, per_example: bool = False, bf16: bool = False
                        ) -> dict[nn.Parameter, torch.Tensor]:
     """Sum of squared loss gradients over the data for the parameters inside encoder layers.
 
     Batch-averaged by default (the reference code's estimate); per-example where asked. On many
-    processes the sums are added across ranks, so the mask is the same everywhere.
+    processes the sums are added across ranks, so the mask is the same everywhere. The pass runs
+    with dropout off and computes gradients only for the parameters in scope: the estimate is of
+    the model itself rather than of one dropout sample (the reference keeps train mode), and the
+    embedding and head gradients it would throw away are never computed.
     """
-    scope = {p: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad and ".layer." in n}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scope = {p: torch.zeros_like(p) for n, p in named if ".layer." in n}
     if not scope:
         raise ValueError("child_tuning D found no parameters inside encoder layers ('.layer.' in the name)")
-    model.train()
-    # Gradients stay local to each process here; the sums are added across ranks once, below.
-    no_sync = accelerator.no_sync(model) if accelerator is not None else contextlib.nullcontext()
-    with no_sync:
-        _accumulate_squares(model, loader, scope, per_example)
-    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    outside = [p for _, p in named if p not in scope]
+    model.eval()
+    for param in outside:
+        param.requires_grad_(False)
+    try:
+        # Gradients stay local to each process here; the sums are added across ranks once, below.
+        no_sync = accelerator.no_sync(model) if accelerator is not None else contextlib.nullcontext()
+        with no_sync:
+            _accumulate_squares(model, loader, scope, per_example, bf16)
+    finally:
+        for param in outside:
+            param.requires_grad_(True)
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
     if accelerator is not None and accelerator.num_processes > 1:
         scope = {p: accelerator.reduce(f, reduction="sum") for p, f in scope.items()}
     return scope
 
 
-def _accumulate_squares(model: nn.Module, loader, scope: dict, per_example: bool) -> None:
+def _accumulate_squares(model: nn.Module, loader, scope: dict, per_example: bool, bf16: bool) -> None:
+    device_type = next(iter(scope)).device.type
     for batch in loader:
         pieces = [batch] if not per_example else [
             {k: v[i:i + 1] for k, v in batch.items()} for i in range(len(batch["labels"]))]
         for piece in pieces:
-            model.zero_grad(set_to_none=True)
-            logits = model(**piece)["logits"]
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**piece)["logits"]
             F.cross_entropy(logits.float(), piece["labels"]).backward()
             for param, acc in scope.items():
                 if param.grad is not None:
-                    acc.add_(param.grad.detach() ** 2)
+                    acc.addcmul_(param.grad, param.grad)
+                    param.grad = None
 
 
 def top_fraction_masks(scores: dict[nn.Parameter, torch.Tensor], p: float) -> dict[nn.Parameter, torch.Tensor]:

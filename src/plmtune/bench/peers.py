@@ -1,0 +1,123 @@
+"""Peer baselines run inside the same harness, on the same splits, with the same result format.
+
+* ``majority``: always the most frequent class of the original train pool (recorded in
+  ``meta.json`` by ``plmtune data fewshot``; the train split where there is none, ties to the
+  lowest id). Few-shot train splits are balanced but real test sets are not, so a method that
+  merely shifts its class prior can look good on accuracy: every table shows this row.
+* ``linear_probe``: logistic regression on frozen, mean-pooled, L2-normalised embeddings of
+  the backbone (the way all-MiniLM-L6-v2 was trained to be used); C is picked on dev from
+  {0.01, 0.1, 1, 10, 100}.
+* ``setfit``: the SetFit library (Tunstall et al. 2022) with its default training arguments on
+  the same backbone: contrastive fine-tuning of the sentence encoder, then a logistic-regression
+  head. Pair tasks join the two texts with " [SEP] ". Metrics are computed here from its
+  predictions (its own evaluate() would fetch metric code from the hub).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig
+from ..data import load_task
+from ..metrics import classification_metrics
+from ..provenance import git_commit, machine, versions
+
+PEERS = ("majority", "linear_probe", "setfit")
+
+
+def _texts(rows: list[dict]) -> list[str]:
+    return [r["text"] + (" [SEP] " + r["text_pair"] if "text_pair" in r else "") for r in rows]
+
+
+def _labels(rows: list[dict]) -> np.ndarray:
+    return np.array([r["label"] for r in rows])
+
+
+def majority(task, seed: int, backbone: str) -> dict[str, Any]:
+    import json
+
+    meta = Path(task.path) / "meta.json"
+    pool = json.loads(meta.read_text()).get("pool_label_counts") if meta.is_file() else None
+    counts = Counter({int(k): v for k, v in pool.items()}) if pool else Counter(r["label"] for r in task.splits["train"])
+    top = min(counts, key=lambda c: (-counts[c], c))
+    predict = {name: np.full(len(rows), top) for name, rows in task.splits.items()}
+    return {"predict": predict, "parameters": {"trainable": 0, "total": 0}}
+
+
+def _embed(texts: list[str], backbone: str, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    from ..models import load_backbone, pool
+
+    tokenizer, encoder = load_backbone(backbone)
+    encoder.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=128,
+                            return_tensors="pt")
+            hidden = encoder(**enc).last_hidden_state
+            out.append(torch.nn.functional.normalize(pool(hidden, enc["attention_mask"], "mean"), dim=-1))
+    return torch.cat(out).numpy()
+
+
+def linear_probe(task, seed: int, backbone: str) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    features = {name: _embed(_texts(rows), backbone) for name, rows in task.splits.items()}
+    y_train = _labels(task.splits["train"])
+    best = None
+    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(features["train"], y_train)
+        score = clf.score(features["dev"], _labels(task.splits["dev"])) if "dev" in features else 0.0
+        if best is None or score > best[0]:
+            best = (score, c, clf)
+    _, c, clf = best
+    predict = {name: clf.predict(x) for name, x in features.items()}
+    size = clf.coef_.size + clf.intercept_.size
+    return {"predict": predict, "parameters": {"trainable": int(size), "total": int(size)}, "chosen": {"C": c}}
+
+
+def setfit(task, seed: int, backbone: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from ..models import resolve_backbone
+
+    train = Dataset.from_dict({"text": _texts(task.splits["train"]), "label": _labels(task.splits["train"]).tolist()})
+    model = SetFitModel.from_pretrained(resolve_backbone(backbone))
+    trainer = Trainer(model=model, args=TrainingArguments(seed=seed), train_dataset=train)
+    trainer.train()
+    predict = {name: np.asarray(model.predict(_texts(rows), as_numpy=True)) for name, rows in task.splits.items()}
+    total = sum(p.numel() for p in model.model_body.parameters())
+    return {"predict": predict, "parameters": {"trainable": total, "total": total}}
+
+
+def run_peer(name: str, task_dir: str | Path, seed: int, backbone: str = "minilm") -> dict[str, Any]:
+    """Train and evaluate a peer baseline; return a result dict shaped like `plmtune run`'s."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    task = load_task(task_dir, DataConfig(), need=("train",))
+    start = time.perf_counter()
+    out = {"majority": majority, "linear_probe": linear_probe, "setfit": setfit}[name](task, seed, backbone)
+    seconds = time.perf_counter() - start
+    metrics = {split: classification_metrics(_labels(rows), out["predict"][split], task.num_labels)
+               for split, rows in task.splits.items() if split in ("dev", "test")}
+    return {
+        "status": "ok", "peer": name, "task": task.name, "task_dir": str(Path(task_dir).resolve()),
+        "num_labels": task.num_labels, "seed": seed, "recipe": {"name": name, "peer": name, "backbone": backbone,
+                                                                 **({"chosen": out["chosen"]} if "chosen" in out else {})},
+        "test": metrics.get("test"), "dev": metrics.get("dev"), "train_seconds": round(seconds, 3),
+        "eval_seconds": 0.0, "parameters": out["parameters"], "versions": versions(), "machine": machine(),
+        "git": git_commit(),
+    }

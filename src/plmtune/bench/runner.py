@@ -1,0 +1,95 @@
+"""Run a suite: make the few-shot splits, then every run in its own process.
+
+A run whose folder holds a ``result.json`` with status ok and a ``bench.json`` with the same run
+key (a hash of the resolved method, the data files and the seed) is skipped; anything else (never
+run, failed, interrupted, or changed since) runs again. A failure is recorded in ``bench.json``
+with the end of its error output and never stops the suite. With ``jobs > 1`` each process gets
+one CPU thread, since two multi-threaded torch processes on a small machine slow each other ~10x.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..fewshot import make_fewshot
+from ..run import write_json_atomic
+from .suite import RunSpec, Suite, run_key
+
+
+def prepare_data(suite: Suite, out: Path) -> None:
+    for task in suite.tasks:
+        for k in suite.k:
+            missing = [s for s in suite.seeds if not (out / "data" / task / f"{k}-{s}" / "meta.json").is_file()]
+            if missing:
+                make_fewshot(suite.data_root / task, out / "data" / task, k, missing)
+
+
+def status(spec: RunSpec, key: str) -> str:
+    try:
+        result = json.loads((spec.out_dir / "result.json").read_text())
+        record = json.loads((spec.out_dir / "bench.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "todo"
+    return "done" if result.get("status") == "ok" and record.get("key") == key else "todo"
+
+
+def command(spec: RunSpec) -> list[str]:
+    base = [sys.executable, "-m", "plmtune"]
+    common = ["--data", str(spec.data_dir), "--out", str(spec.out_dir), "--seed", str(spec.seed)]
+    if spec.method.peer:
+        return [*base, "peer", spec.method.peer, *common]
+    return [*base, "run", spec.method.recipe, *common, *[a for s in spec.method.set for a in ("--set", s)]]
+
+
+def execute(spec: RunSpec, key: str, threads: int | None) -> dict[str, Any]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    proc = subprocess.run(command(spec), capture_output=True, text=True, env=env)
+    record = {"key": key, "status": "ok" if proc.returncode == 0 else "failed", "returncode": proc.returncode,
+              "seconds": round(time.perf_counter() - start, 2), "method": spec.method.name, "task": spec.task,
+              "k": spec.k, "seed": spec.seed}
+    if proc.returncode != 0:
+        record["error"] = proc.stderr.strip()[-4000:]
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(spec.out_dir / "bench.json", record)
+    return record
+
+
+def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, progress: bool = True
+              ) -> dict[str, int]:
+    """Run what is missing or broken; return counts of done, ran, failed."""
+    import fnmatch
+
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_data(suite, out)
+    specs = [s for s in suite.expand(out) if only is None or fnmatch.fnmatch(s.label, only)]
+    keys = {id(s): run_key(s) for s in specs}
+    todo = [s for s in specs if status(s, keys[id(s)]) != "done"]
+    counts = {"total": len(specs), "skipped": len(specs) - len(todo), "ran": 0, "failed": 0}
+    bar = tqdm(total=len(todo), desc=f"bench {suite.name}", unit="run", disable=not progress)
+    threads = 1 if jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for record in pool.map(lambda s: execute(s, keys[id(s)], threads), todo):
+            counts["ran"] += 1
+            counts["failed"] += record["status"] != "ok"
+            bar.set_postfix(failed=counts["failed"])
+            bar.update(1)
+            if record["status"] != "ok":
+                tqdm.write(f"FAILED {record['task']} K={record['k']} {record['method']} seed {record['seed']}: "
+                           f"{record['error'].splitlines()[-1] if record.get('error') else 'exit ' + str(record['returncode'])}")
+    bar.close()
+    write_json_atomic(out / "suite.json", {"suite": str(suite.path), "name": suite.name, "baseline": suite.baseline,
+                                           "tasks": list(suite.tasks), "k": list(suite.k), "seeds": list(suite.seeds),
+                                           "methods": [m.name for m in suite.methods]})
+    return counts
