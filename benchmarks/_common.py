@@ -14,6 +14,17 @@ from plmtune.technique import Technique
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.jsonl"
 
 
+def write_results(path: Path | None, args, rows: dict, raw: dict) -> None:
+    """Save a benchmark's summary rows with its raw samples, arguments, versions and machine."""
+    from plmtune.provenance import machine, versions
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": rows, "raw": raw,
+                                "versions": versions(), "machine": machine()}, indent=2) + "\n")
+
+
 class FixedPad:
     """Pads every batch to the same length, so that all engines see identical shapes."""
 

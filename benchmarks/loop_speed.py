@@ -16,7 +16,6 @@ the bare loop (>1.0 = faster than bare).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,14 +28,13 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import FixedPad, StepClock, fresh_model, texts  # noqa: E402
+from _common import FixedPad, StepClock, fresh_model, texts, write_results  # noqa: E402
 
 from plmtune.config import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.engine.optim import default_param_groups, linear_schedule, make_adamw  # noqa: E402
 from plmtune.models import load_backbone  # noqa: E402
-from plmtune.provenance import machine, versions  # noqa: E402
 from plmtune.technique import TrainContext  # noqa: E402
 
 def run_plmtune(loader, args) -> list[float]:
@@ -142,12 +140,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['median_s']:.4f} | {r['q1_s']:.4f}–{r['q3_s']:.4f} | {r['throughput_vs_bare']:.3f}× |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": rows,
-                                        "raw_step_seconds": steps, "versions": versions(), "machine": machine()},
-                                       indent=2) + "\n")
-
+    write_results(args.out, args, rows, steps)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -26,13 +25,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import FixedPad, StepClock, texts  # noqa: E402
+from _common import FixedPad, StepClock, texts, write_results  # noqa: E402
 
 from plmtune.config import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.models import SequenceClassifier, load_backbone  # noqa: E402
-from plmtune.provenance import machine, versions  # noqa: E402
 from plmtune.technique import TrainContext, build_techniques  # noqa: E402
 
 RECIPES = ["baseline", "child_tuning_f", "child_tuning_d", "noisytune", "llrd", "ema", "reinit", "rdrop",
@@ -135,12 +133,7 @@ def main() -> None:
           f"with ChildTuning-F masks {1000 * overhead['adamw+child_tuning_f']:.1f} ms: the masks add "
           f"{1000 * added:.1f} ms = {100 * added / base:.1f}% of the baseline's median training step.")
     rows["_mask_overhead"] = {**overhead, "added_s": added, "added_vs_step": added / base}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": rows,
-                                        "raw": samples, "versions": versions(), "machine": machine()},
-                                       indent=2) + "\n")
-
+    write_results(args.out, args, rows, samples)
 
 if __name__ == "__main__":
     main()

@@ -92,6 +92,18 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    summary = tune(_recipe(args), args.data, args.out, args.budget, args.seed if args.seed is not None else 42,
+                   args.trials)
+    values = ", ".join(f"{k}={v:.4g}" for k, v in summary["best_values"].items())
+    print(f"{len(summary['trials'])} trials; best dev {summary['best_dev']:.4f} with {values}; "
+          f"test accuracy {(summary['final_test'] or {}).get('accuracy', float('nan')):.4f}. "
+          f"Wrote {Path(args.out) / 'tune.json'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -117,7 +129,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    counts = run_suite(suite, Path(args.out), jobs=args.jobs, only=args.only, progress=True)
+    methods = args.methods.split(",") if args.methods else None
+    unknown = sorted(set(methods or []) - {m.name for m in suite.methods})
+    if unknown:
+        raise PlmtuneError(f"--methods: {', '.join(unknown)} not in suite {suite.name}.")
+    counts = run_suite(suite, Path(args.out), jobs=args.jobs, only=args.only, progress=True, methods=methods)
     print(f"bench {suite.name}: {counts['total']} runs, {counts['skipped']} already done, {counts['ran']} ran, "
           f"{counts['failed']} failed. Report: plmtune report {args.out}")
     return 1 if counts["failed"] else 0
@@ -188,12 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bench folder; a re-run skips finished runs")
     p.add_argument("-j", "--jobs", type=int, default=1, help="runs at once (each then gets 1 CPU thread)")
     p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
+    p.add_argument("--methods", help="comma-separated method names to run (default: all)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="report.md and report.html from a bench folder")
     p.add_argument("dir")
     p.add_argument("--baseline", help="compare with this method instead of the suite's baseline")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("tune", help="search LR and technique knobs on dev with Optuna, then test once")
+    recipe_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--budget", type=float, required=True, help="minutes of search")
+    p.add_argument("--trials", type=int, help="stop after this many trials")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune")
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")

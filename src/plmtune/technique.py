@@ -84,6 +84,7 @@ class Technique:
     name: str = ""
     config_class: type = type(None)
     conflicts_with: dict[str, str] = {}  # other technique -> why the two cannot be combined
+    search_space: dict[str, tuple] = {}  # config field -> (low, high[, "log"]) for `plmtune tune`
 
     def __init__(self, config: Any):
         self.config = config

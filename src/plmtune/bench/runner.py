@@ -66,14 +66,18 @@ def execute(spec: RunSpec, key: str, threads: int | None) -> dict[str, Any]:
     return record
 
 
-def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, progress: bool = True
-              ) -> dict[str, int]:
-    """Run what is missing or broken; return counts of done, ran, failed."""
+def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, progress: bool = True,
+              methods: list[str] | None = None) -> dict[str, int]:
+    """Run what is missing or broken; return counts of done, ran, failed.
+
+    `only` filters runs by a glob over their labels ('sst2 K=16 * seed 13'); `methods` by name.
+    """
     import fnmatch
 
     out.mkdir(parents=True, exist_ok=True)
     prepare_data(suite, out)
-    specs = [s for s in suite.expand(out) if only is None or fnmatch.fnmatch(s.label, only)]
+    specs = [s for s in suite.expand(out) if (only is None or fnmatch.fnmatch(s.label, only))
+             and (methods is None or s.method.name in methods)]
     keys = {id(s): run_key(s) for s in specs}
     todo = [s for s in specs if status(s, keys[id(s)]) != "done"]
     counts = {"total": len(specs), "skipped": len(specs) - len(todo), "ran": 0, "failed": 0}

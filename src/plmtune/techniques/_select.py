@@ -1,4 +1,9 @@
-"""Choosing parameters by name patterns (shared by the techniques that act on a subset)."""
+"""Finding the pretrained backbone in a model and choosing parameters by name patterns.
+
+Techniques work on plmtune's SequenceClassifier (backbone under ``encoder``) and, through the
+Hugging Face bridge, on transformers' task models (backbone under ``base_model_prefix``, e.g.
+``bert``), so they ask here where the backbone is instead of assuming a name.
+"""
 
 from __future__ import annotations
 
@@ -22,3 +27,16 @@ def select_parameters(model: nn.Module, include: Sequence[str], exclude: Sequenc
                 not any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
             seen.add(id(param))
             yield name, param
+
+
+def backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
+    """(attribute name, parameter-name prefix, module) of the pretrained encoder in `model`."""
+    from ..models import SequenceClassifier
+
+    if isinstance(model, SequenceClassifier):
+        return "encoder", "encoder.", model.encoder
+    attribute = getattr(model, "base_model_prefix", "")
+    if attribute and isinstance(getattr(model, attribute, None), nn.Module):
+        return attribute, f"{attribute}.", getattr(model, attribute)
+    raise ValueError(f"cannot find the pretrained backbone in {type(model).__name__}: expected plmtune's "
+                     "SequenceClassifier or a transformers model with base_model_prefix")

@@ -123,6 +123,8 @@ class MaskedOptimizer(torch.optim.Optimizer):
 
 @register("child_tuning", ChildTuningConfig)
 class ChildTuning(Technique):
+    search_space = {"reserve_p": (0.1, 0.6)}
+
     def __init__(self, config: ChildTuningConfig):
         super().__init__(config)
         self.decay_masked = config.mode == "F" if config.decay_masked is None else config.decay_masked

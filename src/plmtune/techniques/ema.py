@@ -38,6 +38,8 @@ class EMAConfig:
 
 @register("ema", EMAConfig)
 class EMA(Technique):
+    search_space = {"decay": (0.9, 0.999)}
+
     def __init__(self, config: EMAConfig):
         super().__init__(config)
         self.shadow: dict[str, torch.Tensor] = {}

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import check_range
 from ..technique import Technique, TrainContext, register
+from ._select import backbone
 from .llrd import layer_index
 
 
@@ -39,11 +40,12 @@ class GradualUnfreezeConfig:
 
 def set_trainable_depth(model: nn.Module, unfrozen: int) -> int:
     """Unfreeze the top `unfrozen` depth levels (1 = head only); return trainable tensor count."""
-    num_layers = model.encoder.config.num_hidden_layers
+    _, prefix, encoder = backbone(model)
+    num_layers = encoder.config.num_hidden_layers
     lowest = num_layers + 2 - unfrozen
     count = 0
     for name, param in model.named_parameters():
-        param.requires_grad_(layer_index(name, num_layers) >= lowest)
+        param.requires_grad_(layer_index(name, num_layers, prefix) >= lowest)
         count += param.requires_grad
     return count
 

@@ -24,6 +24,7 @@ from torch import nn
 from ..config import check_range
 from ..engine.optim import is_no_decay
 from ..technique import Technique, TrainContext, register
+from ._select import backbone
 
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -40,9 +41,9 @@ class LLRDConfig:
         check_range("llrd.decay", self.decay, 0.0, 1.0, lo_open=True)
 
 
-def layer_index(name: str, num_layers: int) -> int:
+def layer_index(name: str, num_layers: int, prefix: str = "encoder.") -> int:
     """0 for embeddings, 1..L for encoder layers, L+1 for everything above the encoder."""
-    if not name.startswith("encoder."):
+    if not name.startswith(prefix):
         return num_layers + 1
     match = _LAYER.search(name)
     if match:
@@ -52,14 +53,17 @@ def layer_index(name: str, num_layers: int) -> int:
 
 @register("llrd", LLRDConfig)
 class LLRD(Technique):
+    search_space = {"decay": (0.6, 1.0)}
+
     def param_groups(self, model: nn.Module, ctx: TrainContext) -> list[dict]:
         cfg = ctx.recipe.train
-        num_layers = model.encoder.config.num_hidden_layers
+        _, prefix, encoder = backbone(model)
+        num_layers = encoder.config.num_hidden_layers
         groups: dict[tuple[int, bool], dict] = {}
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            depth = layer_index(name, num_layers)
+            depth = layer_index(name, num_layers, prefix)
             no_decay = is_no_decay(name)
             key = (depth, no_decay)
             if key not in groups:

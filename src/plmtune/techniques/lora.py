@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import check_range
 from ..technique import Technique, TrainContext, register
+from ._select import backbone
 
 
 @dataclass(frozen=True)
@@ -47,5 +48,6 @@ class LoRA(Technique):
 
         config = LoraConfig(r=self.config.r, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
                             target_modules=list(self.config.target_modules), bias="none")
-        model.encoder = get_peft_model(model.encoder, config)
+        attribute, _, encoder = backbone(model)
+        setattr(model, attribute, get_peft_model(encoder, config))
         return model

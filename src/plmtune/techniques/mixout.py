@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from ..config import check_range
 from ..technique import Technique, TrainContext, register
+from ._select import backbone
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,15 @@ def apply_mixout(encoder: nn.Module, p: float) -> int:
 
 @register("mixout", MixoutConfig)
 class Mixout(Technique):
+    search_space = {"p": (0.05, 0.7)}
     conflicts_with = {"lora": "LoRA replaces the same linear layers that mixout parametrises; one would "
                               "silently undo the other."}
 
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        encoder = backbone(model)[2]
         if self.config.disable_dropout:
-            for module in model.encoder.modules():
+            for module in encoder.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
-        ctx.extras["mixout_layers"] = apply_mixout(model.encoder, self.config.p)
+        ctx.extras["mixout_layers"] = apply_mixout(encoder, self.config.p)
         return model

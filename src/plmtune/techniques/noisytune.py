@@ -10,8 +10,9 @@ here too: ``distribution: gaussian`` draws N(0, 1)/√12 instead of U(0,1)-0.5 (
 so λ means the same noise power), and ``scope: global`` uses one std over all perturbed
 parameters instead of each matrix's own.
 
-Which parameters: the pretrained encoder by default (``include: ["encoder.*"]``); the freshly
-initialised head is excluded. One-element tensors are skipped (their std is undefined), tied
+Which parameters: the pretrained backbone by default (``include`` unset: ``encoder.*`` in
+plmtune's model, ``bert.*`` and the like in a transformers model); the freshly initialised head
+is excluded. One-element tensors are skipped (their std is undefined), tied
 weights are perturbed once, and the draw uses a generator seeded from the run seed on each
 parameter's own device, so every process of a distributed run adds the same noise.
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..config import check_choice, check_range
 from ..technique import Technique, TrainContext, register
-from ._select import select_parameters
+from ._select import backbone, select_parameters
 
 SEED_OFFSET = 7919  # keeps the noise stream apart from the stream that initialises the head
 
@@ -39,13 +40,14 @@ class NoisyTuneConfig:
     lam: λ, the noise intensity relative to each matrix's standard deviation.
     distribution: 'uniform' (the paper's) or 'gaussian' (same variance).
     scope: 'matrix' (each matrix's own std; the paper's) or 'global' (one std for all).
-    include / exclude: glob patterns over parameter names (e.g. 'encoder.*', '*.bias').
+    include / exclude: glob patterns over parameter names (e.g. 'encoder.*', '*.bias'); include
+        unset means the whole pretrained backbone.
     """
 
     lam: float = 0.15
     distribution: str = "uniform"
     scope: str = "matrix"
-    include: list[str] = field(default_factory=lambda: ["encoder.*"])
+    include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -64,7 +66,8 @@ def _unit_noise(param: torch.Tensor, distribution: str, generator: torch.Generat
 @torch.no_grad()
 def add_noise(model: nn.Module, cfg: NoisyTuneConfig, seed: int) -> dict[str, float]:
     """Perturb the selected parameters in place; return the std used for each."""
-    params = [(n, p) for n, p in select_parameters(model, cfg.include, cfg.exclude) if p.numel() > 1]
+    include = cfg.include if cfg.include is not None else [backbone(model)[1] + "*"]
+    params = [(n, p) for n, p in select_parameters(model, include, cfg.exclude) if p.numel() > 1]
     if cfg.scope == "global" and params:
         global_std = torch.cat([p.detach().flatten().float().cpu() for _, p in params]).std().item()
     generators: dict[torch.device, torch.Generator] = {}
@@ -80,6 +83,8 @@ def add_noise(model: nn.Module, cfg: NoisyTuneConfig, seed: int) -> dict[str, fl
 
 @register("noisytune", NoisyTuneConfig)
 class NoisyTune(Technique):
+    search_space = {"lam": (0.0, 0.3)}
+
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         ctx.extras["noisytune_std"] = add_noise(model, self.config, ctx.seed)
         return model

@@ -43,6 +43,8 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
 
 @register("rdrop", RDropConfig)
 class RDrop(Technique):
+    search_space = {"alpha": (0.1, 5.0, "log")}
+
     def adjust_loss(self, loss: torch.Tensor, outputs: dict, batch: dict[str, Any], ctx: TrainContext) -> torch.Tensor:
         second = ctx.model(**batch)["logits"]
         ce_second = F.cross_entropy(second.float(), batch["labels"])

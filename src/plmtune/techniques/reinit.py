@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import check_range
 from ..technique import Technique, TrainContext, register
+from ._select import backbone
 
 SEED_OFFSET = 104729
 
@@ -65,6 +66,6 @@ def reinit_top_layers(model: nn.Module, count: int, std: float, seed: int) -> li
 @register("reinit", ReinitConfig)
 class Reinit(Technique):
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
-        std = getattr(model.encoder.config, "initializer_range", 0.02)
+        std = getattr(backbone(model)[2].config, "initializer_range", 0.02)
         ctx.extras["reinit_layers"] = reinit_top_layers(model, self.config.layers, std, ctx.seed)
         return model
