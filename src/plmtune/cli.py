@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_finetune
 
     recipe = _recipe(args)
-    result = run_finetune(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model)
+    result = run_finetune(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model,
+                          resume=args.resume)
     test = result["test"] or {}
     dev = result["dev"] or {}
     print(f"{recipe.name} on {result['task']} (seed {result['seed']}): "
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for result.json and metrics.jsonl")
     p.add_argument("--seed", type=int, help="overrides train.seed")
     p.add_argument("--save-model", action="store_true", help="also save the best model to OUT/model")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint (written every train.checkpoint_every steps)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check recipes without loading any model")
@@ -236,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PlmtuneError as err:
         print(f"plmtune: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A full disk or a vanished folder mid-run: say which file, keep the paragraph short.
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"plmtune: error: could not read or write a file{where}: {err.strerror or err}. "
+              "Nothing partial was left behind: results are written to a temp file and renamed.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plmtune: interrupted", file=sys.stderr)

@@ -65,15 +65,19 @@ class ModelConfig:
         the per-layer [CLS] states).
     pooling_layers: layers used by 'concat_cls' and 'cnn'; 0 = all.
     dropout: dropout before the classifier layer.
+    encoder_dropout: dropout inside the encoder (hidden and attention); unset keeps the backbone's.
     """
 
     backbone: str = "minilm"
     pooling: str = "mean"
     pooling_layers: int = 0
     dropout: float = 0.1
+    encoder_dropout: float | None = None
 
     def __post_init__(self) -> None:
         check_range("model.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        if self.encoder_dropout is not None:
+            check_range("model.encoder_dropout", self.encoder_dropout, 0.0, 1.0, hi_open=True)
         check_range("model.pooling_layers", self.pooling_layers, 0, 1000)
         from .models import POOLINGS
 
@@ -126,6 +130,8 @@ class TrainConfig:
     early_stopping_patience: stop after this many evaluations without dev improvement; 0 = off.
     select_metric: the dev metric that picks the checkpoint restored before test.
     seed: seeds Python, numpy, torch and the data order.
+    checkpoint_every: write a resumable checkpoint every this many steps (0 = never); `plmtune
+        run --resume` continues from it after a crash.
     """
 
     epochs: int = 20
@@ -143,8 +149,10 @@ class TrainConfig:
     early_stopping_patience: int = 0
     select_metric: str = "accuracy"
     seed: int = 42
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        check_range("train.checkpoint_every", self.checkpoint_every, 0, 10_000_000)
         check_range("train.epochs", self.epochs, 1, 100_000)
         check_range("train.max_steps", self.max_steps, 0, 10_000_000)
         check_range("train.batch_size", self.batch_size, 1, 65_536)
@@ -333,7 +341,10 @@ def read_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> d
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"Recipe {path} is not valid YAML: {problem}{where}.") from err
     except UnicodeDecodeError as err:
         raise RecipeError(f"Recipe {path} is not UTF-8 text: {err}") from err
     if not isinstance(raw, dict):
@@ -356,7 +367,8 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as err:
-            raise RecipeError(f"Override '{override}': the value is not valid YAML ({err}).") from err
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"Override '{override}': the value is not valid YAML ({problem}).") from err
     keys = dotted.strip().split(".")
     if not all(keys):
         raise RecipeError(f"Override '{override}' has an empty key.")

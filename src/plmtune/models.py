@@ -55,7 +55,8 @@ def load_backbone(name: str) -> tuple[Any, nn.Module]:
         encoder = AutoModel.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as err:
         offline = " (this machine may be offline: use a local directory or 'minilm')" if not local else ""
-        raise PlmtuneError(f"Could not load backbone '{name}'{offline}: {err}") from err
+        detail = " ".join(str(err).split())  # one paragraph
+        raise PlmtuneError(f"Could not load backbone '{name}'{offline}: {detail}") from err
     # Our head pools token states itself; an unused pooler would get no gradients, which DDP
     # rejects and which would skew parameter counts and per-layer techniques.
     if getattr(encoder, "pooler", None) is not None:

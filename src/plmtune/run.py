@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .config import Recipe, recipe_to_yaml
 from .data import EncodedSplit, PadCollator, eval_loader, load_task, train_loader
@@ -39,7 +42,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def prepare_out_dir(out: Path) -> None:
+def prepare_out_dir(out: Path, resume: bool = False) -> None:
     """Create the run folder and make sure it is writable before any training time is spent."""
     from .errors import PlmtuneError
 
@@ -50,23 +53,30 @@ def prepare_out_dir(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise PlmtuneError(f"Cannot write to the output folder {out}: {err.strerror or err}.") from err
-    for stale in ("result.json", "metrics.jsonl"):
-        (out / stale).unlink(missing_ok=True)
+    (out / "result.json").unlink(missing_ok=True)
+    if not resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
 def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
-                 progress: bool = False, save_model: bool = False) -> dict[str, Any]:
+                 progress: bool = False, save_model: bool = False, resume: bool = False) -> dict[str, Any]:
     """Fine-tune `recipe` on a task folder and write the run folder; return the result dict.
 
-    With `save_model`, the best checkpoint goes to ``out/model`` (loadable as a backbone).
+    With `save_model`, the best checkpoint goes to ``out/model`` (loadable as a backbone). With
+    `resume`, training continues from ``out/checkpoint`` (written every ``train.checkpoint_every``
+    steps) and ends with the same result as an uninterrupted run.
     """
     from accelerate.utils import set_seed
 
     seed = recipe.train.seed if seed is None else seed
     out = Path(out)
     task = load_task(task_dir, recipe.data, need=("train",))
-    prepare_out_dir(out)
-    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    # Under torchrun every process runs this; only the first touches the folder's files.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        prepare_out_dir(out, resume)
+        (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     set_seed(seed)
     techniques = build_techniques(recipe)
     ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels)
@@ -75,6 +85,10 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
         splits = technique.prepare_data(splits, ctx)
 
     tokenizer, encoder = load_backbone(recipe.model.backbone)
+    if recipe.model.encoder_dropout is not None:
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = recipe.model.encoder_dropout
     ctx.tokenizer = tokenizer
     model = SequenceClassifier(encoder, task.num_labels, recipe.model.pooling, recipe.model.dropout,
                                recipe.model.pooling_layers)
@@ -88,9 +102,10 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     cfg = recipe.train
     loader = train_loader(encoded["train"], cfg.batch_size, seed, collate)
     dev = eval_loader(encoded["dev"], cfg.eval_batch_size, collate) if "dev" in encoded else None
-    log = MetricLog(out / "metrics.jsonl")
+    log = MetricLog(out / "metrics.jsonl" if main_process else None)
     try:
-        fitted = fit(model, techniques, ctx, loader, dev, cfg, log, progress=progress)
+        fitted = fit(model, techniques, ctx, loader, dev, cfg, log, progress=progress,
+                     checkpoint_dir=out / "checkpoint", resume=resume)
         test_metrics, eval_seconds = None, 0.0
         if "test" in encoded:
             start = time.perf_counter()
@@ -127,6 +142,7 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     }
     if ctx.accelerator.is_main_process:
         write_json_atomic(out / "result.json", result)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)  # finished: ~3x the model size, no longer needed
         if save_model:
             ctx.accelerator.unwrap_model(ctx.model).save(out / "model", tokenizer)
     return result

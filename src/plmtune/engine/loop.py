@@ -23,6 +23,8 @@ from ..config import TrainConfig
 from ..errors import TrainingError
 from ..metrics import classification_metrics
 from ..technique import Technique, TrainContext
+from . import checkpoint
+from .checkpoint import LoopState
 from .optim import build_optimizer, linear_schedule
 
 logger = logging.getLogger(__name__)
@@ -32,9 +34,13 @@ class MetricLog:
     """Appends one JSON object per line to metrics.jsonl (every step and every evaluation)."""
 
     def __init__(self, path: str | Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.path = Path(path) if path else None
+        self.enabled = True  # only the main process of a distributed run writes
+        self.file = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.path is not None and self.enabled and self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
@@ -101,10 +107,22 @@ def _better(candidate: dict[str, float], best: dict[str, float] | None, metric: 
     return (candidate[metric], -candidate["loss"]) > (best[metric], -best["loss"])
 
 
+def _data_generator(loader: Any) -> torch.Generator | None:
+    """The generator that decides the shuffled order (replayed to resume mid-epoch)."""
+    return getattr(loader, "generator", None) or getattr(getattr(loader, "sampler", None), "generator", None)
+
+
 def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, train_loader: Any,
-        dev_loader: Any | None, cfg: TrainConfig, log: MetricLog, progress: bool = False) -> FitResult:
-    """Train `model` in place and leave it holding the weights of the best dev evaluation."""
+        dev_loader: Any | None, cfg: TrainConfig, log: MetricLog, progress: bool = False,
+        checkpoint_dir: Path | None = None, resume: bool = False) -> FitResult:
+    """Train `model` in place and leave it holding the weights of the best dev evaluation.
+
+    With `checkpoint_dir` and ``cfg.checkpoint_every``, a checkpoint is written every that many
+    steps; with `resume`, training continues from the checkpoint found there (if any).
+    """
     accelerator = make_accelerator(cfg)
+    log.enabled = accelerator.is_main_process
+    generator = _data_generator(train_loader)
     optimizer = build_optimizer(model, techniques, ctx, cfg)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if dev_loader is not None:
@@ -115,16 +133,38 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     ctx.model, ctx.optimizer, ctx.accelerator, ctx.train_loader = model, optimizer, accelerator, train_loader
     ctx.total_steps = total_steps
+    state, pending_rng = LoopState(), None
+    loaded = checkpoint.load(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, techniques) \
+        if resume and checkpoint_dir is not None else None
+    if loaded:
+        state, pending_rng = loaded
+        if state.step:
+            logger.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.position)
+            if log.path is not None and accelerator.is_main_process:
+                checkpoint.truncate_log(log.path, state.step)
 
     for technique in techniques:
         technique.on_fit_start(ctx)
-    best, best_state, best_epoch, stale, history = None, None, 0, 0, []
-    step, stopped_early, start = 0, False, time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
-    for epoch in range(epochs):
-        ctx.epoch = epoch
+    stopped_early, start = False, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train",
+               disable=not (progress and accelerator.is_main_process))
+    while state.epoch < epochs and not stopped_early:
+        epoch = ctx.epoch = state.epoch
+        if generator is not None:
+            # Remember (or, when resuming mid-epoch, replay) the order this epoch is drawn in.
+            if state.position == 0:
+                state.epoch_rng = generator.get_state()
+            else:
+                generator.set_state(state.epoch_rng)
         model.train()
-        for batch in train_loader:
+        for index, batch in enumerate(train_loader):
+            if index < state.position:
+                continue  # consumed before the checkpoint
+            if state.step >= total_steps:
+                break
+            if pending_rng is not None:
+                checkpoint.restore_rng(pending_rng)  # dropout and masks continue as if never stopped
+                pending_rng = None
             with accelerator.accumulate(model), accelerator.autocast():
                 outputs = model(**batch)
                 loss = _loss(outputs, batch["labels"])
@@ -133,7 +173,7 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise TrainingError(
-                        f"The training loss became {loss_value} at step {step + 1} (epoch {epoch + 1}). "
+                        f"The training loss became {loss_value} at step {state.step + 1} (epoch {epoch + 1}). "
                         f"Likely causes: a learning rate too high (train.lr = {cfg.lr:g}), bf16 overflow "
                         "(try train.bf16=false), or a technique's strength (noise, loss weights) set too "
                         "high. Nothing was saved from this run.")
@@ -143,49 +183,60 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
                     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            state.position = index + 1
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
-            ctx.step = step
-            log.write({"type": "train", "step": step, "epoch": epoch + 1, "loss": loss_value,
+            state.step += 1
+            ctx.step = state.step
+            log.write({"type": "train", "step": state.step, "epoch": epoch + 1, "loss": loss_value,
                        "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm})
             for technique in techniques:
                 technique.on_step_end(ctx)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if step >= total_steps:
+            if checkpoint_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
+                    and accelerator.is_main_process:
+                checkpoint.save(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                                techniques, state)
+            if state.step >= total_steps:
                 break
         for technique in techniques:
             technique.on_epoch_end(ctx)
-        last = step >= total_steps or epoch == epochs - 1
-        if dev_loader is None or not ((epoch + 1) % cfg.eval_every == 0 or last):
-            continue
-        for technique in techniques:
-            technique.on_evaluate_start(ctx)
-        dev = evaluate(model, dev_loader, accelerator, ctx.num_labels)["metrics"]
-        history.append({"epoch": epoch + 1, "step": step, **dev})
-        log.write({"type": "eval", "split": "dev", "step": step, "epoch": epoch + 1, **dev})
-        logger.info("epoch %d step %d dev %s=%.4f loss=%.4f", epoch + 1, step, cfg.select_metric,
-                    dev[cfg.select_metric], dev["loss"])
-        improved = _better(dev, best, cfg.select_metric)
-        if improved:
-            best, best_epoch, stale = dev, epoch + 1, 0
-            # Kept in memory: a copy of a 22M-parameter model is ~90 MB and takes milliseconds.
-            # Taken before on_evaluate_end, so weights swapped in for evaluation (EMA) are the ones kept.
-            best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        for technique in techniques:
-            technique.on_evaluate_end(ctx)
-        if not improved:
-            stale += 1
-            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                stopped_early = True
-                break
+        last = state.step >= total_steps or epoch == epochs - 1
+        if dev_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            stopped_early = _evaluate_and_select(model, dev_loader, accelerator, techniques, ctx, cfg, log, state)
+        state.epoch, state.position = epoch + 1, 0
     bar.close()
     train_seconds = time.perf_counter() - start
-    if best_state is not None:
-        accelerator.unwrap_model(model).load_state_dict(best_state)
-    ctx.extras["restored_best"] = best_state is not None
+    if state.best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(state.best_state)
+    ctx.extras["restored_best"] = state.best_state is not None
     for technique in techniques:
         technique.on_fit_end(ctx)
-    return FitResult(best, best_epoch, step, epoch + 1, stopped_early, train_seconds, history)
+    return FitResult(state.best, state.best_epoch, state.step, state.epoch, stopped_early, train_seconds,
+                     state.history)
+
+
+def _evaluate_and_select(model: torch.nn.Module, dev_loader: Any, accelerator: Any, techniques: list[Technique],
+                         ctx: TrainContext, cfg: TrainConfig, log: MetricLog, state: LoopState) -> bool:
+    """Evaluate on dev, keep the best weights; return True where early stopping says stop."""
+    for technique in techniques:
+        technique.on_evaluate_start(ctx)
+    dev = evaluate(model, dev_loader, accelerator, ctx.num_labels)["metrics"]
+    state.history.append({"epoch": ctx.epoch + 1, "step": state.step, **dev})
+    log.write({"type": "eval", "split": "dev", "step": state.step, "epoch": ctx.epoch + 1, **dev})
+    logger.info("epoch %d step %d dev %s=%.4f loss=%.4f", ctx.epoch + 1, state.step, cfg.select_metric,
+                dev[cfg.select_metric], dev["loss"])
+    improved = _better(dev, state.best, cfg.select_metric)
+    if improved:
+        state.best, state.best_epoch, state.stale = dev, ctx.epoch + 1, 0
+        # Kept in memory: a copy of a 22M-parameter model is ~90 MB and takes milliseconds.
+        # Taken before on_evaluate_end, so weights swapped in for evaluation (EMA) are the ones kept.
+        state.best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    for technique in techniques:
+        technique.on_evaluate_end(ctx)
+    if improved:
+        return False
+    state.stale += 1
+    return bool(cfg.early_stopping_patience and state.stale >= cfg.early_stopping_patience)

@@ -120,6 +120,15 @@ class MaskedOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch's load_state_dict rebinds `state` and `param_groups` to new objects; load into the
+        # inner optimiser (which does the update) and share its new ones again.
+        self.inner.load_state_dict(state_dict)
+        self.param_groups, self.state = self.inner.param_groups, self.inner.state
+
 
 @register("child_tuning", ChildTuningConfig)
 class ChildTuning(Technique):
@@ -156,12 +165,14 @@ class ChildTuning(Technique):
                 self.fisher_masks = {id(p): m for p, m in top_fraction_masks(fisher, self.config.reserve_p).items()}
 
     def state_dict(self) -> dict:
-        if not self.fisher_masks:
-            return {}
-        return {"masks": {self.names[i]: (m != 0).cpu() for i, m in self.fisher_masks.items()}}
+        state: dict = {"step_index": self.step_index}  # F: where the mask stream continues
+        if self.fisher_masks:
+            state["masks"] = {self.names[i]: (m != 0).cpu() for i, m in self.fisher_masks.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.saved_masks = state.get("masks")
+        self.step_index = state.get("step_index", 0)
 
     # ------------------------------------------------------------------ masks
 
@@ -222,6 +233,7 @@ def fisher_information(model: nn.Module, loader, accelerator, per_example: bool 
         raise ValueError("child_tuning D found no parameters inside encoder layers ('.layer.' in the name)")
     was_training = model.training
     outside = [p for _, p in named if p not in scope]
+    model.zero_grad(set_to_none=True)  # sum only this pass's gradients
     model.eval()
     for param in outside:
         param.requires_grad_(False)

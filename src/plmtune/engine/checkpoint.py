@@ -1,0 +1,102 @@
+"""Checkpoints that let a killed run resume where it stopped and end as if never interrupted.
+
+A checkpoint holds the model, the optimiser (with wrapper state such as ChildTuning's), the
+schedule, every technique's ``state_dict``, the loop's position (step, epoch, batches consumed
+in the epoch, the data-order generator's state at the epoch start, best dev result and weights,
+patience counter, history) and the Python, NumPy and torch RNG states. It is written to a temp
+file and renamed, so a crash while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FILE = "checkpoint.pt"
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # micro-batches of the current epoch already consumed
+    epoch_rng: torch.Tensor | None = None  # data-order generator state at the start of `epoch`
+    best: dict[str, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save(directory: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, techniques: list,
+         state: LoopState) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "techniques": [t.state_dict() for t in techniques],
+        "loop": asdict(state),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", dir=directory)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, directory / FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(directory: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, techniques: list
+         ) -> tuple[LoopState, dict] | None:
+    """Restore the model, optimiser, schedule and techniques from `directory`'s checkpoint.
+
+    Returns the loop state and the RNG states, which the caller restores with `restore_rng`
+    right before the first batch it trains on (creating the data iterator in between may draw
+    random numbers); None where there is no checkpoint.
+    """
+    path = directory / FILE
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by save()
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    for technique, technique_state in zip(techniques, payload["techniques"]):
+        technique.load_state_dict(technique_state)
+    return LoopState(**payload["loop"]), payload["rng"]
+
+
+def restore_rng(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop metrics.jsonl records written after the checkpoint at `step` (they will be redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the kill
+        if (record.get("type") == "train" and record["step"] <= step) or \
+                (record.get("type") == "eval" and record.get("split") == "dev" and record["step"] < step):
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")

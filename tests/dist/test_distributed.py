@@ -1,0 +1,64 @@
+"""Two CPU processes (torchrun, gloo): identical randomness on every rank, and the same result
+as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+
+
+def _torchrun(*args, timeout=600):
+    # One thread per process: two 2-thread processes on a 2-core machine slow each other ~10x.
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_noise_masks_and_fisher_agree_on_both_ranks(tmp_path):
+    proc = _torchrun(HERE / "check_ranks.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["noise"] == r1["noise"] != 0
+    assert r0["f_masks"] == r1["f_masks"] and r0["f_masks"][0] != r0["f_masks"][1]
+    assert r0["d_mask"] == r1["d_mask"]
+    # Summed across ranks = one process over all the data (up to float summation order).
+    assert r0["fisher_sum"] == pytest.approx(r0["single_process_fisher_sum"], rel=1e-5)
+    assert r0["d_mask"] == r0["single_process_d_mask"]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(toy_task, tmp_path):
+    common = ["--data", toy_task, "--seed", "3", "--save-model", "--set", "train.epochs=2",
+              "--set", "model.dropout=0.0", "--set", "model.encoder_dropout=0.0",
+              "--set", "techniques=[{name: noisytune}, {name: child_tuning, mode: F}]"]
+    two = _torchrun("-m", "plmtune", "run", "baseline", "--out", tmp_path / "two", "--set", "train.batch_size=4",
+                    *common)
+    assert two.returncode == 0, two.stderr[-3000:]
+    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+    one = subprocess.run([sys.executable, "-m", "plmtune", "run", "baseline", "--out", str(tmp_path / "one"),
+                          "--set", "train.batch_size=8", *map(str, common)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("one", "two"))
+    assert a["steps"] == b["steps"] == 8
+    assert a["test"]["accuracy"] == b["test"]["accuracy"]
+    assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], rel=1e-3)
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < 1e-4, f"largest weight difference {worst}"
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["type"] == "train" for x in lines) == 8  # one writer, no duplicate lines
