@@ -70,3 +70,22 @@ def test_rdrop_changes_the_trainer_loss():
     adjusted = trainer.compute_loss(model, batch)
     assert adjusted.item() == pytest.approx(expected.item(), rel=1e-5)
     assert symmetric_kl(first.logits, second.logits).item() > 0
+
+
+@pytest.mark.slow
+def test_the_example_trainer_script_trains_the_real_model_with_techniques(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO, shared_dataset
+    from plmtune.fewshot import make_fewshot
+
+    (data,) = make_fewshot(shared_dataset("sst2"), tmp_path / "few", 16, [13])
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "hf_trainer.py"), "--data", str(data),
+                           "--out", str(tmp_path / "run"), "--epochs", "6"], capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = float(re.search(r"test accuracy ([0-9.]+)", proc.stdout).group(1))
+    assert accuracy > 0.55  # majority class of the SST-2 dev set: 0.509
