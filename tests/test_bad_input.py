@@ -137,3 +137,41 @@ def test_full_disk_when_writing_a_result_leaves_no_partial_file(tmp_path, monkey
 
 def test_at_least_twenty_cases():
     assert len(CASES) + 2 >= 20
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """Mount a small tmpfs (read-only or tiny) for real read-only and full-disk cases."""
+    import subprocess
+
+    mounts = []
+
+    def mount(name: str, options: str):
+        point = tmp_path / name
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs root with CAP_SYS_ADMIN")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_read_only_output_folder(tmp_path, capsys, mounted):
+    read_only = mounted("ro", "ro,size=1m")
+    code = main(["run", "baseline", "--data", str(_task(tmp_path)), "--out", str(read_only / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Cannot write to the output folder" in err and "Read-only file system" in err
+    assert err.count("\n") == 0 and list(read_only.iterdir()) == []
+
+
+def test_disk_full_while_writing_few_shot_splits(tmp_path, capsys, mounted):
+    tiny = mounted("tiny", "size=64k")
+    code = main(["data", "fewshot", str(shared_dataset("sst2")), str(tiny / "few"), "--k", "8", "--seeds", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "No space left on device" in err and err.count("\n") == 0
+    assert list((tiny / "few").iterdir()) == []  # neither the seed folder nor its temp folder remains
