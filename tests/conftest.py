@@ -39,6 +39,18 @@ def tiny_model():
 
 
 @pytest.fixture
+def tiny_backbone(monkeypatch, tokenizer):
+    """Make `plmtune run` train a tiny random BERT (with the real tokenizer) instead of MiniLM."""
+    from plmtune.models import tiny_bert
+
+    def use(num_layers: int = 2) -> None:
+        monkeypatch.setattr("plmtune.run.load_backbone",
+                            lambda name: (tokenizer, tiny_bert(vocab_size=30522, num_layers=num_layers, seed=0)))
+
+    return use
+
+
+@pytest.fixture
 def write_jsonl(tmp_path):
     import json
 

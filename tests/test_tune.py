@@ -17,13 +17,8 @@ def test_search_space_covers_lr_and_each_techniques_knobs():
     assert space["techniques.2.reserve_p"] == (0.1, 0.6)  # child_tuning
 
 
-def test_tune_searches_on_dev_without_test_then_tests_once(toy_task, tmp_path, monkeypatch):
-    from plmtune import models
-    from plmtune.models import tiny_bert
-
-    real = models.load_backbone
-    monkeypatch.setattr("plmtune.run.load_backbone",
-                        lambda b: (real("minilm")[0], tiny_bert(vocab_size=30522, num_layers=1, seed=0)))
+def test_tune_searches_on_dev_without_test_then_tests_once(toy_task, tmp_path, tiny_backbone):
+    tiny_backbone(num_layers=1)
     recipe = load_recipe("noisytune", ["train.epochs=1"])
     summary = tune(recipe, toy_task, tmp_path / "t", budget_minutes=5, seed=0, max_trials=3)
     assert len(summary["trials"]) == 3

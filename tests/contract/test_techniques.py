@@ -41,17 +41,8 @@ def test_defaults_validate_and_round_trip(name):
 
 
 @pytest.mark.parametrize("name", list_techniques())
-def test_each_technique_trains_the_tiny_model_end_to_end(name, toy_with_features, tmp_path, monkeypatch):
-    from plmtune import models
-    from plmtune.models import tiny_bert
-
-    real_loader = models.load_backbone
-
-    def tiny_backbone(backbone):
-        tokenizer, _ = real_loader("minilm")
-        return tokenizer, tiny_bert(vocab_size=30522, num_layers=2, seed=0)
-
-    monkeypatch.setattr("plmtune.run.load_backbone", tiny_backbone)
+def test_each_technique_trains_the_tiny_model_end_to_end(name, toy_with_features, tmp_path, tiny_backbone):
+    tiny_backbone()
     recipe = load_recipe("baseline", ["train.epochs=2", "train.lr=1e-3"])
     recipe = dataclasses.replace(recipe, techniques=build_recipe(
         {"techniques": [{"name": name, **NEEDS.get(name, {})}]}).techniques)
@@ -62,13 +53,8 @@ def test_each_technique_trains_the_tiny_model_end_to_end(name, toy_with_features
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["type"] == "train")
 
 
-def test_a_stack_of_techniques_composes_in_one_recipe(toy_task, tmp_path, monkeypatch):
-    from plmtune import models
-    from plmtune.models import tiny_bert
-
-    real_loader = models.load_backbone
-    monkeypatch.setattr("plmtune.run.load_backbone",
-                        lambda b: (real_loader("minilm")[0], tiny_bert(vocab_size=30522, num_layers=2, seed=0)))
+def test_a_stack_of_techniques_composes_in_one_recipe(toy_task, tmp_path, tiny_backbone):
+    tiny_backbone()
     recipe = load_recipe("baseline", ["train.epochs=8", "train.lr=5e-3", "model.pooling=concat_cls",
                                       "techniques=[{name: noisytune}, {name: llrd, decay: 0.8}, "
                                       "{name: child_tuning, mode: F}, {name: rdrop, alpha: 0.5}, {name: ema}]"])
