@@ -71,8 +71,12 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(toy_task, tokenizer,
 
 
 def test_resume_without_a_checkpoint_starts_afresh(toy_task, tokenizer, tmp_path):
-    result, records, _ = _fit(toy_task, tokenizer, tmp_path / "fresh", "[]", resume=True)
-    assert result.steps == 16 and records[0]["step"] == 1
+    stale = tmp_path / "fresh"
+    stale.mkdir()
+    (stale / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1, "loss": 9.0}) + "\n")
+    result, records, _ = _fit(toy_task, tokenizer, stale, "[]", resume=True)
+    train = [r for r in records if r["type"] == "train"]
+    assert result.steps == 16 and [r["step"] for r in train] == list(range(1, 17))  # the stale line is gone
 
 
 def test_truncate_log_drops_what_follows_the_checkpoint_and_a_torn_line(tmp_path):

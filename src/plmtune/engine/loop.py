@@ -138,10 +138,10 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
         if resume and checkpoint_dir is not None else None
     if loaded:
         state, pending_rng = loaded
-        if state.step:
-            logger.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.position)
-            if log.path is not None and accelerator.is_main_process:
-                checkpoint.truncate_log(log.path, state.step)
+        logger.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.position)
+    if resume and log.path is not None and accelerator.is_main_process:
+        # Drop what the log holds beyond the checkpoint (all of it where there is none).
+        checkpoint.truncate_log(log.path, state.step)
 
     for technique in techniques:
         technique.on_fit_start(ctx)
