@@ -1,0 +1,1 @@
+"""Data augmentation: WordNet access and EDA operations."""
