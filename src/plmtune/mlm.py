@@ -1,0 +1,122 @@
+"""Masked-language-model pieces shared by prompt-based fine-tuning and further pre-training.
+
+* :func:`mlm_head_for` returns the backbone's own trained MLM head where its checkpoint has one,
+  and otherwise builds BERT's head: a transform (dense hidden→hidden, GELU, LayerNorm) and a
+  decoder **tied to the word embeddings** with a zero bias. The bundled all-MiniLM-L6-v2 ships no
+  MLM head, so for it the transform is new: dense weights from N(0, initializer_range²), bias 0,
+  LayerNorm weight 1 and bias 0 — its predictions start near "embedding similarity to the
+  hidden state", which is why prompt and MLM methods must train it.
+* :class:`MaskingCollator` masks tokens for MLM training: a share `rate` of the maskable tokens
+  (never [CLS], [SEP] or padding) is chosen; of those, 80% become [MASK], 10% a random token,
+  10% stay (all configurable). ``dynamic`` draws a new mask every time a sequence is seen;
+  ``static`` draws `copies` fixed masks per sequence once (Sun et al. 2019 / original BERT) and
+  serves them in turn, so every epoch sees the same masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+IGNORE = -100
+
+
+class TiedMLMHead(nn.Module):
+    """BERT's MLM head with the decoder weight shared with the input word embeddings."""
+
+    def __init__(self, embeddings: nn.Embedding, hidden_size: int, layer_norm_eps: float = 1e-12,
+                 initializer_range: float = 0.02):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, embeddings.num_embeddings)
+        self.decoder.weight = embeddings.weight  # tied: the head learns nothing the embeddings don't
+        nn.init.normal_(self.dense.weight, std=initializer_range)
+        nn.init.zeros_(self.dense.bias)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) -> (batch, seq, vocab) logits."""
+        return self.decoder(self.norm(nn.functional.gelu(self.dense(hidden))))
+
+
+def mlm_head_for(encoder: nn.Module, backbone_dir: str | None = None) -> nn.Module:
+    """The trained MLM head of the backbone where it has one; else a new tied head (see above)."""
+    config = encoder.config
+    if backbone_dir is not None:
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        weights = Path(backbone_dir) / "model.safetensors"
+        if weights.is_file():
+            with safe_open(str(weights), "pt") as f:
+                keys = [k for k in f.keys() if k.startswith("cls.predictions.")]
+                if keys:
+                    head = TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, config.layer_norm_eps)
+                    names = {"cls.predictions.transform.dense.weight": "dense.weight",
+                             "cls.predictions.transform.dense.bias": "dense.bias",
+                             "cls.predictions.transform.LayerNorm.weight": "norm.weight",
+                             "cls.predictions.transform.LayerNorm.bias": "norm.bias",
+                             "cls.predictions.bias": "decoder.bias"}
+                    head.load_state_dict({ours: f.get_tensor(theirs) for theirs, ours in names.items()
+                                          if theirs in keys}, strict=False)
+                    return head
+    return TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, getattr(config, "layer_norm_eps", 1e-12),
+                       getattr(config, "initializer_range", 0.02))
+
+
+class MaskingCollator:
+    """Pads a batch and masks it for MLM; items need `input_ids` and an `index` (for static masks)."""
+
+    def __init__(self, tokenizer: Any, rate: float = 0.15, split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 mode: str = "dynamic", copies: int = 10, seed: int = 0):
+        if mode not in ("dynamic", "static"):
+            raise ValueError(f"masking mode must be 'dynamic' or 'static', got {mode!r}")
+        if abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"the mask/random/keep split must sum to 1, got {split}")
+        self.tokenizer, self.rate, self.split, self.mode, self.copies = tokenizer, rate, split, mode, copies
+        self.special = set(tokenizer.all_special_ids)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.static: dict[int, list[tuple[list[int], list[int]]]] = {}
+        self.seen: dict[int, int] = {}
+
+    def mask(self, ids: list[int], generator: torch.Generator) -> tuple[list[int], list[int]]:
+        """Return (inputs, labels) for one sequence; labels are -100 where nothing is predicted."""
+        ids_t = torch.tensor(ids)
+        maskable = torch.tensor([i not in self.special for i in ids])
+        chosen = (torch.rand(len(ids), generator=generator) < self.rate) & maskable
+        labels = torch.where(chosen, ids_t, torch.full_like(ids_t, IGNORE))
+        roll = torch.rand(len(ids), generator=generator)
+        to_mask = chosen & (roll < self.split[0])
+        to_random = chosen & (roll >= self.split[0]) & (roll < self.split[0] + self.split[1])
+        inputs = ids_t.clone()
+        inputs[to_mask] = self.tokenizer.mask_token_id
+        inputs[to_random] = torch.randint(len(self.tokenizer), (int(to_random.sum()),), generator=generator)
+        return inputs.tolist(), labels.tolist()
+
+    def _for(self, item: dict) -> tuple[list[int], list[int]]:
+        if self.mode == "dynamic":
+            return self.mask(item["input_ids"], self.generator)
+        key = item["index"]
+        if key not in self.static:
+            g = torch.Generator().manual_seed(self.generator.initial_seed() * 1_000_003 + key)
+            self.static[key] = [self.mask(item["input_ids"], g) for _ in range(self.copies)]
+        turn = self.seen.get(key, 0)
+        self.seen[key] = turn + 1
+        return self.static[key][turn % self.copies]
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in items)
+        pad = self.tokenizer.pad_token_id
+        inputs, labels, attention = [], [], []
+        for item in items:
+            masked, target = self._for(item)
+            extra = width - len(masked)
+            inputs.append(masked + [pad] * extra)
+            labels.append(target + [IGNORE] * extra)
+            attention.append([1] * len(masked) + [0] * extra)
+        return {"input_ids": torch.tensor(inputs), "attention_mask": torch.tensor(attention),
+                "labels": torch.tensor(labels)}
