@@ -51,11 +51,13 @@ def main() -> None:
                      lr=5e-5, weight_decay=0.01, total_steps=steps, warmup_steps=steps // 10, seed=args.seed)
     training = TrainingArguments(output_dir=args.out, per_device_train_batch_size=8, num_train_epochs=args.epochs,
                                  max_grad_norm=1.0, save_strategy="no", report_to=[], seed=args.seed,
-                                 use_cpu=True, disable_tqdm=True, logging_steps=10)
+                                 use_cpu=True, disable_tqdm=True, logging_steps=4)
     trainer = TechniqueTrainer(model=bridge.model, args=training, train_dataset=train, bridge=bridge,
                                processing_class=tokenizer, optimizers=(bridge.optimizer, bridge.scheduler),
                                callbacks=[TechniqueCallback(bridge)])
     trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print(f"training loss first {losses[0]:.4f} last {losses[-1]:.4f}")
     predictions = trainer.predict(test)
     accuracy = float((predictions.predictions.argmax(-1) == np.array(test["labels"])).mean())
     print(f"test accuracy {accuracy:.4f}")
