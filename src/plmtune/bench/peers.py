@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,8 +92,11 @@ def setfit(task, seed: int, backbone: str) -> dict[str, Any]:
 
     train = Dataset.from_dict({"text": _texts(task.splits["train"]), "label": _labels(task.splits["train"]).tolist()})
     model = SetFitModel.from_pretrained(resolve_backbone(backbone))
-    trainer = Trainer(model=model, args=TrainingArguments(seed=seed), train_dataset=train)
-    trainer.train()
+    # Its defaults besides, except where files go: by default it saves ~260 MB checkpoints into
+    # ./checkpoints of whatever folder the command runs in.
+    with tempfile.TemporaryDirectory(prefix="plmtune-setfit-") as scratch:
+        args = TrainingArguments(seed=seed, output_dir=scratch, save_strategy="no")
+        Trainer(model=model, args=args, train_dataset=train).train()
     predict = {name: np.asarray(model.predict(_texts(rows), as_numpy=True)) for name, rows in task.splits.items()}
     total = sum(p.numel() for p in model.model_body.parameters())
     return {"predict": predict, "parameters": {"trainable": total, "total": total}}
