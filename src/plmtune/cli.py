@@ -60,18 +60,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .config import RECIPES_DIR
+    from .config import RECIPES_DIR, read_raw_recipe
     from .technique import registry
 
     if args.what == "techniques":
-        items = {name: (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        items = {name: (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
                  for name, cls in registry().items()}
     else:
-        items = {}
-        for path in sorted(RECIPES_DIR.glob("*.yaml")):
-            from .config import read_raw_recipe
-
-            items[path.stem] = str(read_raw_recipe(path).get("description", ""))
+        items = {path.stem: str(read_raw_recipe(path).get("description", ""))
+                 for path in RECIPES_DIR.glob("*.yaml")}
     for name in sorted(items):
         if fnmatch.fnmatch(name, args.pattern):
             print(f"{name:20s} {items[name]}")

@@ -145,10 +145,6 @@ class SequenceClassifier(nn.Module):
             nn.init.zeros_(self.feature_projection.weight)  # starts as the plain model
             nn.init.zeros_(self.feature_projection.bias)
 
-    def head_parameter_names(self) -> list[str]:
-        """Names of the freshly initialised (not pretrained) parameters."""
-        return [n for n, _ in self.named_parameters() if not n.startswith("encoder.")]
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, features: torch.Tensor | None = None,
                 **_: Any) -> dict[str, torch.Tensor]:

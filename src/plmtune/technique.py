@@ -77,6 +77,10 @@ class TrainContext:
     total_steps: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def bare_model(self) -> Any:
+        """The model without the engine's wrappers (DDP and the like), whose names are the plain ones."""
+        return self.accelerator.unwrap_model(self.model) if self.accelerator is not None else self.model
+
 
 class Technique:
     """Base class: every hook is a no-op, so a subclass overrides only what it uses."""

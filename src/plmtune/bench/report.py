@@ -97,19 +97,30 @@ def _diff_text(diff: dict | None) -> str:
     return f"{100 * diff['mean']:+.1f} [{100 * diff['lo']:+.1f}, {100 * diff['hi']:+.1f}] p={diff['p']:.2f}"
 
 
+COLUMNS = ("method", "seeds", "accuracy", "macro-F1", "MCC", "worst acc", "Δ acc vs baseline [95% CI]", "s/run",
+           "trainable")
+
+
+def _cells(r: dict) -> list[str]:
+    """One summary row as the text of each column (the Markdown and HTML tables share it)."""
+    return [r["method"], str(r["n"]), f"{_pct(r['acc_mean'])} ± {_pct(r['acc_std'])}",
+            f"{_pct(r['f1_mean'])} ± {_pct(r['f1_std'])}", _pct(r["mcc_mean"]), _pct(r["acc_worst"]),
+            _diff_text(r["diff"]), f"{r['seconds']:.0f}", f"{r['trainable']:,.0f}"]
+
+
+def _by_task(rows: list[dict]) -> list[tuple[str, int, list[dict]]]:
+    keys = sorted({(r["task"], r["k"]) for r in rows})
+    return [(task, k, [r for r in rows if r["task"] == task and r["k"] == k]) for task, k in keys]
+
+
 def markdown(rows: list[dict], failures: list[dict], suite: dict, env: dict) -> str:
     lines = [f"# Benchmark report: {suite['name']}", "",
              f"Accuracy and macro-F1 in %, mean ± std over seeds {suite['seeds']}; worst seed; paired accuracy "
              f"difference to **{suite['baseline']}** in points with a 95% t-interval and the paired t-test p-value. "
              "A difference whose interval contains 0 is not shown to help or hurt.", ""]
-    for (task, k) in sorted({(r["task"], r["k"]) for r in rows}):
-        lines += [f"## {task}, K={k}", "",
-                  "| method | seeds | accuracy | macro-F1 | MCC | worst acc | Δ acc vs baseline [95% CI] | s/run | trainable |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in (r for r in rows if r["task"] == task and r["k"] == k):
-            lines.append(f"| {r['method']} | {r['n']} | {_pct(r['acc_mean'])} ± {_pct(r['acc_std'])} | "
-                         f"{_pct(r['f1_mean'])} ± {_pct(r['f1_std'])} | {_pct(r['mcc_mean'])} | {_pct(r['acc_worst'])} | "
-                         f"{_diff_text(r['diff'])} | {r['seconds']:.0f} | {r['trainable']:,.0f} |")
+    for task, k, group in _by_task(rows):
+        lines += [f"## {task}, K={k}", "", "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+        lines += ["| " + " | ".join(_cells(r)) + " |" for r in group]
         lines.append("")
     lines += ["## Failed runs", ""]
     lines += [f"- {f['task']} K={f['k']} {f['method']} seed {f['seed']}: "
@@ -182,16 +193,10 @@ def html_page(md_rows: list[dict], failures: list[dict], suite: dict, images: li
              f"<h1>Benchmark report: {html.escape(suite['name'])}</h1>",
              f"<p>Accuracy and macro-F1 in %, mean ± std over seeds {suite['seeds']}; paired accuracy difference to "
              f"<b>{html.escape(suite['baseline'])}</b> with a 95% t-interval.</p>"]
-    for (task, k) in sorted({(r["task"], r["k"]) for r in md_rows}):
-        parts.append(f"<h2>{html.escape(task)}, K={k}</h2><table><tr><th>method</th><th>seeds</th><th>accuracy</th>"
-                     "<th>macro-F1</th><th>MCC</th><th>worst acc</th><th>Δ acc vs baseline [95% CI]</th>"
-                     "<th>s/run</th><th>trainable</th></tr>")
-        for r in (r for r in md_rows if r["task"] == task and r["k"] == k):
-            parts.append(f"<tr><td>{html.escape(r['method'])}</td><td>{r['n']}</td><td>{_pct(r['acc_mean'])} ± "
-                         f"{_pct(r['acc_std'])}</td><td>{_pct(r['f1_mean'])} ± {_pct(r['f1_std'])}</td>"
-                         f"<td>{_pct(r['mcc_mean'])}</td><td>{_pct(r['acc_worst'])}</td>"
-                         f"<td>{html.escape(_diff_text(r['diff']))}</td><td>{r['seconds']:.0f}</td>"
-                         f"<td>{r['trainable']:,.0f}</td></tr>")
+    for task, k, group in _by_task(md_rows):
+        parts.append(f"<h2>{html.escape(task)}, K={k}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in group]
         parts.append("</table>")
     for title, data in images:
         parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"

@@ -154,7 +154,7 @@ class ChildTuning(Technique):
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         if self.config.mode == "D" and self.fisher_masks is None:
-            model = ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator else ctx.model
+            model = ctx.bare_model()
             if self.saved_masks is not None:
                 by_name = dict(model.named_parameters())
                 self.fisher_masks = {id(by_name[n]): m.to(by_name[n].device, by_name[n].dtype)

@@ -47,7 +47,7 @@ class EMA(Technique):
         self.updates = 0
 
     def _tensors(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
-        model = ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator else ctx.model
+        model = ctx.bare_model()
         return {k: v for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
     def on_fit_start(self, ctx: TrainContext) -> None:

@@ -57,11 +57,8 @@ class GradualUnfreeze(Technique):
         "child_tuning": "frozen layers get no gradients, so ChildTuning-D's Fisher pass would not see them.",
     }
 
-    def _model(self, ctx: TrainContext) -> nn.Module:
-        return ctx.accelerator.unwrap_model(ctx.model) if ctx.accelerator else ctx.model
-
     def on_fit_start(self, ctx: TrainContext) -> None:
-        set_trainable_depth(self._model(ctx), 1 + ctx.epoch // self.config.every_epochs)
+        set_trainable_depth(ctx.bare_model(), 1 + ctx.epoch // self.config.every_epochs)
 
     def on_epoch_end(self, ctx: TrainContext) -> None:
-        set_trainable_depth(self._model(ctx), 1 + (ctx.epoch + 1) // self.config.every_epochs)
+        set_trainable_depth(ctx.bare_model(), 1 + (ctx.epoch + 1) // self.config.every_epochs)
