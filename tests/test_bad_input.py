@@ -25,6 +25,13 @@ def _task(root, train=GOOD, dev=None, raw_train=None):
     return folder
 
 
+def _with_unlabelled(root, text):
+    folder = _task(root, GOOD, GOOD)
+    if text is not None:
+        (folder / "unlabeled.jsonl").write_text(text)
+    return folder
+
+
 def _recipe(root, text):
     path = root / "r.yaml"
     path.write_text(text)
@@ -81,6 +88,14 @@ CASES = {
                                                     f"{shared_dataset('sst2').parent}\nk: [2]\nseeds: [1]\n"
                                                     "methods: [{name: x, peer: setfitt}]\n"), "--out", t / "b"],
                                          r"Did you mean 'setfit'"),
+    "empty unlabelled pool for self-training": (lambda t: ["run", "list_cpu", "--data", _with_unlabelled(t, "\n")],
+                                                r"unlabeled.jsonl: the unlabelled pool is empty"),
+    "self-training without an unlabelled file": (lambda t: ["run", "list_cpu", "--data", _with_unlabelled(t, None)],
+                                                 r"no unlabeled.jsonl: self-training needs a pool"),
+    "prompt for a task without a built-in template": (lambda t: ["run", "prompt", "--data", _task(t, GOOD, GOOD)],
+                                                      r"no built-in prompt for task 'task'.*prompt.template"),
+    "two stages in one recipe": (lambda t: ["validate", "self_distill", "--set", "self_training={}"],
+                                 r"at most one stage"),
 }
 
 

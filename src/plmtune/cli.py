@@ -22,11 +22,11 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import run_finetune
+    from .run import run_recipe
 
     recipe = _recipe(args)
-    result = run_finetune(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model,
-                          resume=args.resume)
+    result = run_recipe(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model,
+                        resume=args.resume)
     test = result["test"] or {}
     dev = result["dev"] or {}
     print(f"{recipe.name} on {result['task']} (seed {result['seed']}): "

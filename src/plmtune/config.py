@@ -169,6 +169,64 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SelfTrainingConfig:
+    """LiST's self-training stage (plmtune.selftrain): teacher -> pseudo-labels -> student.
+
+    Args:
+    iterations: teacher -> student rounds (the LiST paper uses 5; the `list_cpu` recipe 2).
+    unlabeled_cap: at most this many rows of ``unlabeled.jsonl`` (a seeded sample) are labelled.
+    student_steps: optimiser steps a student trains on pseudo-labelled data.
+    batch_size / labelled_batch_size: pseudo-labelled batch; labelled batch of the meta step.
+    kd_warmup: share of the student's steps spent on the teacher's soft labels with equal
+        weights (knowledge-distillation warm-up) before re-weighting starts.
+    reweight: meta re-weighting of pseudo-labels (off: equal weights on hard pseudo-labels).
+    virtual_lr: step size of the virtual SGD step (cancels in the normalisation; see reweight.py).
+    finish_on_labelled: after the pseudo-labelled session, the student also fine-tunes on the
+        labelled split (with dev selection) before it becomes the next teacher.
+    """
+
+    iterations: int = 5
+    unlabeled_cap: int = 2048
+    student_steps: int = 300
+    batch_size: int = 16
+    labelled_batch_size: int = 16
+    kd_warmup: float = 0.3
+    reweight: bool = True
+    virtual_lr: float = 1e-3
+    finish_on_labelled: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("self_training.iterations", self.iterations, 1, 1000)
+        check_range("self_training.unlabeled_cap", self.unlabeled_cap, 1, 100_000_000)
+        check_range("self_training.student_steps", self.student_steps, 1, 10_000_000)
+        check_range("self_training.batch_size", self.batch_size, 1, 65_536)
+        check_range("self_training.labelled_batch_size", self.labelled_batch_size, 1, 65_536)
+        check_range("self_training.kd_warmup", self.kd_warmup, 0.0, 1.0)
+        check_range("self_training.virtual_lr", self.virtual_lr, 0.0, None, lo_open=True)
+
+
+@dataclass(frozen=True)
+class SelfDistillationConfig:
+    """Self-knowledge distillation (plmtune.selftrain): fine-tune, then fine-tune a fresh model
+    on the first one's soft labels mixed with the hard labels.
+
+    Args:
+    temperature: softens teacher and student distributions (the soft loss is scaled by T²).
+    alpha: weight of the hard-label loss; the soft-label loss gets 1 - alpha.
+    rounds: how many times the student becomes the next teacher.
+    """
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        check_range("self_distillation.temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        check_range("self_distillation.alpha", self.alpha, 0.0, 1.0)
+        check_range("self_distillation.rounds", self.rounds, 1, 100)
+
+
+@dataclass(frozen=True)
 class TechniqueSpec:
     """One entry of a recipe's technique list, resolved through the registry."""
 
@@ -187,8 +245,11 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     techniques: tuple[TechniqueSpec, ...] = ()
+    self_training: SelfTrainingConfig | None = None
+    self_distillation: SelfDistillationConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        stages = {name: dataclasses.asdict(getattr(self, name)) for name in STAGES if getattr(self, name)}
         return {
             "name": self.name,
             "description": self.description,
@@ -196,11 +257,14 @@ class Recipe:
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "techniques": [t.to_dict() for t in self.techniques],
+            **stages,
         }
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-TOP_KEYS = ("name", "description", "extends", "model", "data", "train", "techniques")
+# Optional stages that run around fine-tuning (plmtune.selftrain); a recipe has at most one.
+STAGES: dict[str, type] = {"self_training": SelfTrainingConfig, "self_distillation": SelfDistillationConfig}
+TOP_KEYS = ("name", "description", "extends", "model", "data", "train", "techniques", *STAGES)
 
 
 # --------------------------------------------------------------------------- building
@@ -295,11 +359,16 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
     if not isinstance(entries, list):
         raise RecipeError("techniques must be a list of {name: ..., <options>} mappings.")
     specs = tuple(resolve_technique(entry, f"techniques[{i}]") for i, entry in enumerate(entries))
+    stages = {name: build_dataclass(cls, raw[name], name) for name, cls in STAGES.items()
+              if raw.get(name) is not None}
+    if len(stages) > 1:
+        raise RecipeError(f"A recipe runs at most one stage; it sets {' and '.join(stages)}.")
     recipe = Recipe(
         name=str(raw.get("name", "recipe")),
         description=str(raw.get("description", "")),
         techniques=specs,
         **sections,
+        **stages,
     )
     check_composition(recipe)
     return recipe

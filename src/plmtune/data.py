@@ -244,8 +244,9 @@ class EncodedSplit(torch.utils.data.Dataset):
             item["index"] = i
             if "label" in row:
                 item["labels"] = row["label"]
-            if "features" in row:
-                item["features"] = row["features"]
+            for key in ("features", "soft_labels"):  # knowledge injection; teacher probabilities
+                if key in row:
+                    item[key] = row[key]
             self.items.append(item)
 
     def __len__(self) -> int:
@@ -300,8 +301,9 @@ class PadCollator:
         for key in ("labels", "index"):
             if key in items[0]:
                 batch[key] = torch.tensor([item[key] for item in items])
-        if "features" in items[0]:
-            batch["features"] = torch.tensor([item["features"] for item in items], dtype=torch.float32)
+        for key in ("features", "soft_labels"):
+            if key in items[0]:
+                batch[key] = torch.tensor([item[key] for item in items], dtype=torch.float32)
         return batch
 
 

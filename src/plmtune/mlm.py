@@ -3,9 +3,10 @@
 * :func:`mlm_head_for` returns the backbone's own trained MLM head where its checkpoint has one,
   and otherwise builds BERT's head: a transform (dense hidden→hidden, GELU, LayerNorm) and a
   decoder **tied to the word embeddings** with a zero bias. The bundled all-MiniLM-L6-v2 ships no
-  MLM head, so for it the transform is new: dense weights from N(0, initializer_range²), bias 0,
-  LayerNorm weight 1 and bias 0 — its predictions start near "embedding similarity to the
-  hidden state", which is why prompt and MLM methods must train it.
+  MLM head, so for it the transform is new: dense weight = identity, bias 0, LayerNorm weight 1
+  and bias 0. Its first predictions are then the similarity of the (normalised) hidden state to
+  each word embedding — they vary with the input from the start, unlike a random transform,
+  whose predictions on all-MiniLM-L6-v2 start constant — and prompt and MLM training adapt it.
 * :class:`MaskingCollator` masks tokens for MLM training: a share `rate` of the maskable tokens
   (never [CLS], [SEP] or padding) is chosen; of those, 80% become [MASK], 10% a random token,
   10% stay (all configurable). ``dynamic`` draws a new mask every time a sequence is seen;
@@ -26,14 +27,13 @@ IGNORE = -100
 class TiedMLMHead(nn.Module):
     """BERT's MLM head with the decoder weight shared with the input word embeddings."""
 
-    def __init__(self, embeddings: nn.Embedding, hidden_size: int, layer_norm_eps: float = 1e-12,
-                 initializer_range: float = 0.02):
+    def __init__(self, embeddings: nn.Embedding, hidden_size: int, layer_norm_eps: float = 1e-12):
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.decoder = nn.Linear(hidden_size, embeddings.num_embeddings)
         self.decoder.weight = embeddings.weight  # tied: the head learns nothing the embeddings don't
-        nn.init.normal_(self.dense.weight, std=initializer_range)
+        nn.init.eye_(self.dense.weight)  # see the module docstring: start as "similarity to the word embeddings"
         nn.init.zeros_(self.dense.bias)
         nn.init.zeros_(self.decoder.bias)
 
@@ -64,8 +64,7 @@ def mlm_head_for(encoder: nn.Module, backbone_dir: str | None = None) -> nn.Modu
                     head.load_state_dict({ours: f.get_tensor(theirs) for theirs, ours in names.items()
                                           if theirs in keys}, strict=False)
                     return head
-    return TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, getattr(config, "layer_norm_eps", 1e-12),
-                       getattr(config, "initializer_range", 0.02))
+    return TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, getattr(config, "layer_norm_eps", 1e-12))
 
 
 class MaskingCollator:

@@ -117,6 +117,8 @@ class SequenceClassifier(nn.Module):
     embedding output of every token).
     """
 
+    backbone_attribute = "encoder"
+
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
                  pooling_layers: int = 0):
         super().__init__()
@@ -166,19 +168,30 @@ class SequenceClassifier(nn.Module):
 
     def save(self, directory: str | Path, tokenizer: Any = None) -> None:
         """Save the encoder (loadable as a backbone) and the head beside it."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)
-        head = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
-        save_file(head, os.fspath(directory / "head.safetensors"))
+        directory = save_encoder_and_head(self, directory, tokenizer, "head.safetensors")
         (directory / "head.json").write_text(json.dumps(
             {"num_labels": self.num_labels, "pooling": self.pooling, "dropout": self.dropout.p,
              "pooling_layers": self.pooler.layers, "feature_dim": self.feature_dim,
              "feature_at": self.feature_at}) + "\n")
+
+
+def save_encoder_and_head(model: nn.Module, directory: str | Path, tokenizer: Any, head_file: str) -> Path:
+    """Write ``model.encoder`` with save_pretrained (a backbone) and every other tensor to `head_file`.
+
+    Tensors shared with the encoder (a decoder tied to the word embeddings) are saved once, with it.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    encoder_tensors = {t.data_ptr() for t in model.encoder.state_dict().values()}
+    head = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+            if not k.startswith("encoder.") and v.data_ptr() not in encoder_tensors}
+    save_file(head, os.fspath(directory / head_file))
+    return directory
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -59,6 +59,24 @@ def prepare_out_dir(out: Path, resume: bool = False) -> None:
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
+def build_model_and_data(recipe: Recipe, splits: dict[str, list[dict]], techniques: list, ctx: TrainContext
+                         ) -> tuple[torch.nn.Module, dict[str, list[dict]]]:
+    """Load the backbone, let techniques prepare the rows and the model; set ctx.tokenizer."""
+    tokenizer, encoder = load_backbone(recipe.model.backbone)
+    if recipe.model.encoder_dropout is not None:
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = recipe.model.encoder_dropout
+    ctx.tokenizer = tokenizer  # before prepare_data: prompts render and cut text with it
+    for technique in techniques:
+        splits = technique.prepare_data(splits, ctx)
+    model = SequenceClassifier(encoder, ctx.num_labels, recipe.model.pooling, recipe.model.dropout,
+                               recipe.model.pooling_layers)
+    for technique in techniques:
+        model = technique.prepare_model(model, ctx)
+    return model, splits
+
+
 def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = False, save_model: bool = False, resume: bool = False) -> dict[str, Any]:
     """Fine-tune `recipe` on a task folder and write the run folder; return the result dict.
@@ -79,22 +97,9 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
         (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     set_seed(seed)
     techniques = build_techniques(recipe)
-    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels)
-    splits = task.splits
-    for technique in techniques:
-        splits = technique.prepare_data(splits, ctx)
-
-    tokenizer, encoder = load_backbone(recipe.model.backbone)
-    if recipe.model.encoder_dropout is not None:
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = recipe.model.encoder_dropout
-    ctx.tokenizer = tokenizer
-    model = SequenceClassifier(encoder, task.num_labels, recipe.model.pooling, recipe.model.dropout,
-                               recipe.model.pooling_layers)
-    for technique in techniques:
-        model = technique.prepare_model(model, ctx)
-    params = count_parameters(model)
+    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
+    model, splits = build_model_and_data(recipe, task.splits, techniques, ctx)
+    tokenizer, params = ctx.tokenizer, count_parameters(model)
 
     collate = PadCollator(tokenizer.pad_token_id or 0)
     encoded = {name: EncodedSplit(rows, tokenizer, recipe.data.max_length, recipe.data.truncation,
@@ -146,3 +151,17 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
         if save_model:
             ctx.accelerator.unwrap_model(ctx.model).save(out / "model", tokenizer)
     return result
+
+
+def run_recipe(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
+               progress: bool = False, save_model: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run a recipe: its stage (self-training, self-distillation) where it has one, else fine-tuning."""
+    from .errors import RecipeError
+    from .selftrain import STAGE_RUNNERS
+
+    for name, runner in STAGE_RUNNERS.items():
+        if getattr(recipe, name) is not None:
+            if save_model:
+                raise RecipeError(f"--save-model is not available for recipes with a {name} stage yet.")
+            return runner(recipe, task_dir, out, seed, progress=progress, resume=resume)
+    return run_finetune(recipe, task_dir, out, seed, progress=progress, save_model=save_model, resume=resume)

@@ -72,10 +72,14 @@ class TrainContext:
     accelerator: Any = None
     train_loader: Any = None
     num_labels: int = 0
+    task_name: str = ""
     step: int = 0
     epoch: int = 0
     total_steps: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    # Parameter names a technique guarantees stay unchanged during the whole fit (a frozen
+    # encoder): the loop's best-weights snapshot skips them, so it costs the trainable share only.
+    frozen: set[str] = field(default_factory=set)
 
     def bare_model(self) -> Any:
         """The model without the engine's wrappers (DDP and the like), whose names are the plain ones."""

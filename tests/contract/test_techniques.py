@@ -16,7 +16,8 @@ from plmtune.technique import list_techniques, registry
 from plmtune.run import run_finetune
 
 # Options a technique needs to run on the toy task (everything else stays at its defaults).
-NEEDS = {"inject": {"field": "kg"}}
+NEEDS = {"inject": {"field": "kg"},
+         "prompt": {"template": "{text} It was {mask} .", "label_words": ["bad", "good"]}}
 
 
 @pytest.fixture

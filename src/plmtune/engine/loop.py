@@ -37,12 +37,13 @@ class MetricLog:
         self.path = Path(path) if path else None
         self.enabled = True  # only the main process of a distributed run writes
         self.file = None
+        self.tags: dict[str, Any] = {}  # added to every record (multi-stage runs tag stage and iteration)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None and self.enabled and self.file is None:
             self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps({**self.tags, **record}) + "\n")
             self.file.flush()
 
     def close(self) -> None:
@@ -210,7 +211,7 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
     bar.close()
     train_seconds = time.perf_counter() - start
     if state.best_state is not None:
-        accelerator.unwrap_model(model).load_state_dict(state.best_state)
+        accelerator.unwrap_model(model).load_state_dict(state.best_state, strict=not ctx.frozen)
     ctx.extras["restored_best"] = state.best_state is not None
     for technique in techniques:
         technique.on_fit_end(ctx)
@@ -233,7 +234,9 @@ def _evaluate_and_select(model: torch.nn.Module, dev_loader: Any, accelerator: A
         state.best, state.best_epoch, state.stale = dev, ctx.epoch + 1, 0
         # Kept in memory: a copy of a 22M-parameter model is ~90 MB and takes milliseconds.
         # Taken before on_evaluate_end, so weights swapped in for evaluation (EMA) are the ones kept.
-        state.best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        # Tensors a technique keeps frozen for the whole fit (ctx.frozen) need no copy.
+        state.best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
+                            if k not in ctx.frozen}
     for technique in techniques:
         technique.on_evaluate_end(ctx)
     if improved:

@@ -31,10 +31,9 @@ def select_parameters(model: nn.Module, include: Sequence[str], exclude: Sequenc
 
 def backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
     """(attribute name, parameter-name prefix, module) of the pretrained encoder in `model`."""
-    from ..models import SequenceClassifier
-
-    if isinstance(model, SequenceClassifier):
-        return "encoder", "encoder.", model.encoder
+    attribute = getattr(model, "backbone_attribute", None)  # plmtune's own models
+    if attribute:
+        return attribute, f"{attribute}.", getattr(model, attribute)
     attribute = getattr(model, "base_model_prefix", "")
     if attribute and isinstance(getattr(model, attribute, None), nn.Module):
         return attribute, f"{attribute}.", getattr(model, attribute)

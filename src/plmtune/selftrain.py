@@ -1,0 +1,337 @@
+"""Stages around the fine-tuning loop: LiST self-training and self-knowledge distillation.
+
+Both reuse :func:`plmtune.engine.loop.fit` unchanged; what differs is what they train on and a
+loss hook (:class:`PseudoLabelLoss`, :class:`SoftTargetLoss`) added to the recipe's techniques.
+
+**Self-training** (LiST, Wang et al. 2022). A recipe with a ``self_training:`` section:
+
+1. the teacher (the recipe's model: prompt + adapters in LiST) trains on the K labelled rows;
+2. it labels the unlabelled pool (``unlabeled.jsonl``, a seeded sample of ``unlabeled_cap``):
+   hard labels and soft probabilities;
+3. the student — the same model object with its trainable tensors reset to their initial
+   values (fresh adapters and head on the *same* frozen encoder; no model copy) — trains on
+   the pseudo-labelled rows: the first ``kd_warmup`` share of its steps on the teacher's soft
+   labels with equal weights, then on hard pseudo-labels weighted by meta re-weighting
+   (:mod:`plmtune.reweight`) against a labelled batch; optionally it then fine-tunes on the
+   labelled rows (``finish_on_labelled``);
+4. the student becomes the teacher; repeat ``iterations`` times. The iteration with the best
+   dev score gives the final model (the dev split is the few-shot one, never test).
+
+After each iteration the teacher's trainable state is written atomically to
+``self_training/state.pt``; ``--resume`` continues at the next iteration.
+
+**Self-distillation** (seeds: 自蒸馏; Furlanello et al. 2018). A recipe with
+``self_distillation:`` fine-tunes, takes the model's soft labels on the training rows at
+temperature T, then fine-tunes a fresh model on α·CE(hard) + (1−α)·T²·CE(soft_T), ``rounds`` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import Recipe
+from .data import EncodedSplit, PadCollator, eval_loader, load_task, read_rows, train_loader
+from .engine.loop import MetricLog, evaluate, fit, make_accelerator
+from .errors import DataError
+from .reweight import meta_weights, sharpen, soft_target_loss
+from .run import build_model_and_data, prepare_out_dir, recipe_to_yaml, write_json_atomic
+from .models import count_parameters
+from .provenance import git_commit, machine, versions
+from .technique import Technique, TrainContext, build_techniques
+
+
+class PseudoLabelLoss(Technique):
+    """The student's loss on pseudo-labelled batches: KD warm-up, then re-weighted hard labels."""
+
+    name = "pseudo_label_loss"
+
+    def __init__(self, config: Any, warmup_steps: int, labelled_loader: Any):
+        super().__init__(config)
+        self.warmup_steps, self.labelled_loader, self._batches = warmup_steps, labelled_loader, None
+        self.zero_weight_share: list[float] = []  # per re-weighted batch: share of examples given no weight
+
+    def _labelled_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
+        try:
+            batch = next(self._batches)
+        except (TypeError, StopIteration):
+            self._batches = iter(self.labelled_loader)
+            batch = next(self._batches)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def adjust_loss(self, loss: torch.Tensor, outputs: Any, batch: dict, ctx: TrainContext) -> torch.Tensor:
+        if ctx.step < self.warmup_steps:  # consistency with the teacher, every example weighted equally
+            return soft_target_loss(outputs["logits"], batch["soft_labels"]).mean()
+        if not self.config.reweight:
+            return loss
+        weights = meta_weights(ctx.bare_model(), batch, self._labelled_batch(batch["labels"].device),
+                               self.config.virtual_lr)
+        self.zero_weight_share.append(float((weights == 0).float().mean()))
+        return (weights * outputs["per_example_loss"]).sum()
+
+
+class SoftTargetLoss(Technique):
+    """α·CE(hard labels) + (1−α)·T²·CE(teacher soft labels at T) — self-distillation's student loss."""
+
+    name = "soft_target_loss"
+
+    def adjust_loss(self, loss: torch.Tensor, outputs: Any, batch: dict, ctx: TrainContext) -> torch.Tensor:
+        soft = soft_target_loss(outputs["logits"], batch["soft_labels"], self.config.temperature).mean()
+        return self.config.alpha * loss + (1 - self.config.alpha) * soft
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def read_unlabelled(task_dir: Path, recipe: Recipe, cap: int, seed: int, is_pair: bool) -> list[dict]:
+    path = task_dir / "unlabeled.jsonl"
+    if not path.is_file():
+        raise DataError(task_dir, "no unlabeled.jsonl: self-training needs a pool of unlabelled text "
+                                  "('plmtune data fewshot' writes one beside the splits).")
+    if path.stat().st_size == 0 or not path.read_text(encoding="utf-8").strip():
+        raise DataError(path, "the unlabelled pool is empty; self-training needs unlabelled text to "
+                              "pseudo-label (add rows or remove the self_training section).")
+    rows, _ = read_rows(path, recipe.data, labelled=False, is_pair=is_pair)
+    if len(rows) > cap:
+        rows = random.Random(seed).sample(rows, cap)
+    return rows
+
+
+def trainable_state(model: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
+    """A copy of the tensors that training can change (everything but the frozen encoder)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@torch.inference_mode()
+def predict_probs(ctx: TrainContext, split: EncodedSplit, batch_size: int) -> torch.Tensor:
+    """Row-ordered class probabilities of the current model on `split` (labels not needed)."""
+    accelerator, model = ctx.accelerator, ctx.model
+    model.eval()
+    loader = accelerator.prepare(eval_loader(split, batch_size, PadCollator(ctx.tokenizer.pad_token_id or 0)))
+    indices, probs = [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(**batch)["logits"].float()
+        index, logits = accelerator.gather_for_metrics((batch["index"], logits))
+        indices.append(index.cpu())
+        probs.append(logits.softmax(-1).cpu())
+    return torch.cat(probs)[torch.cat(indices).argsort()]
+
+
+def _encode(rows: list[dict], ctx: TrainContext) -> EncodedSplit:
+    data = ctx.recipe.data
+    return EncodedSplit(rows, ctx.tokenizer, data.max_length, data.truncation, data.head_tokens)
+
+
+def _test(ctx: TrainContext, encoded: dict[str, EncodedSplit]) -> dict[str, float] | None:
+    if "test" not in encoded:
+        return None
+    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
+    loader = ctx.accelerator.prepare(eval_loader(encoded["test"], ctx.recipe.train.eval_batch_size, collate))
+    return evaluate(ctx.model, loader, ctx.accelerator, ctx.num_labels)["metrics"]
+
+
+def _result(recipe: Recipe, task: Any, task_dir: Path, seed: int, splits: dict, params: dict, test: Any,
+            dev: Any, seconds: float, stage: dict) -> dict[str, Any]:
+    return {"status": "ok", "task": task.name, "task_dir": str(Path(task_dir).resolve()),
+            "data_files": {k: str(v.resolve()) for k, v in task.files.items()}, "num_labels": task.num_labels,
+            "label_names": task.label_names, "sizes": {n: len(r) for n, r in splits.items()},
+            "recipe": recipe.to_dict(), "seed": seed, "test": test, "dev": dev, "train_seconds": round(seconds, 3),
+            "parameters": params, **stage, "versions": versions(), "machine": machine(), "git": git_commit()}
+
+
+def _start(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None, resume: bool):
+    from accelerate.utils import set_seed
+
+    seed = recipe.train.seed if seed is None else seed
+    out, task_dir = Path(out), Path(task_dir)
+    task = load_task(task_dir, recipe.data, need=("train",))
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    return seed, out, task_dir, task, main_process, set_seed
+
+
+# --------------------------------------------------------------------------- self-training
+
+
+def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
+                      progress: bool = False, resume: bool = False) -> dict[str, Any]:
+    """LiST self-training (see the module docstring); writes the run folder, returns result.json."""
+    cfg = recipe.self_training
+    seed, out, task_dir, task, main_process, set_seed = _start(recipe, task_dir, out, seed, resume)
+    pool = read_unlabelled(task_dir, recipe, cfg.unlabeled_cap, seed, task.is_pair)
+    state_file = out / "self_training" / "state.pt"
+    if main_process:
+        prepare_out_dir(out, resume)
+        if not resume:
+            shutil.rmtree(out / "self_training", ignore_errors=True)
+        (out / "self_training").mkdir(exist_ok=True)
+        (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    set_seed(seed)
+    techniques = build_techniques(recipe)
+    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
+    model, splits = build_model_and_data(recipe, {**task.splits, "unlabeled": pool}, techniques, ctx)
+    encoded = {name: _encode(rows, ctx) for name, rows in splits.items()}
+    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
+    dev = eval_loader(encoded["dev"], recipe.train.eval_batch_size, collate) if "dev" in encoded else None
+    labelled = train_loader(encoded["train"], recipe.train.batch_size, seed, collate)
+    initial = trainable_state(model, ctx.frozen)  # what every fresh student starts from
+
+    saved = torch.load(state_file, weights_only=False) if resume and state_file.is_file() else None
+    log = MetricLog(out / "metrics.jsonl" if main_process else None)
+    if saved and main_process:
+        _drop_log_after(out / "metrics.jsonl", saved["iteration"])
+    history: list[dict] = saved["history"] if saved else []
+    best = saved["best"] if saved else None  # (iteration, dev, test, trainable state) of the best teacher
+    start = time.perf_counter() - (saved["seconds"] if saved else 0.0)
+    try:
+        if saved is None:
+            log.tags = {"stage": "teacher", "iteration": 0}
+            fitted = fit(model, techniques, ctx, labelled, dev, recipe.train, log, progress=progress)
+            best = _finish_iteration(0, fitted.best_dev, ctx, model, encoded, history, best, {})
+            _save(state_file, 0, model, ctx, history, best, start, main_process)
+        else:  # resumed: the saved teacher labels the pool next
+            model.load_state_dict(saved["teacher"], strict=False)
+            ctx.accelerator = make_accelerator(recipe.train)
+            ctx.model = ctx.accelerator.prepare(model)
+        for iteration in range((saved["iteration"] if saved else 0) + 1, cfg.iterations + 1):
+            set_seed(seed + iteration)
+            probs = predict_probs(ctx, encoded["unlabeled"], recipe.train.eval_batch_size)
+            pseudo = [{**row, "label": int(p.argmax()), "soft_labels": p.tolist()}
+                      for row, p in zip(splits["unlabeled"], probs)]
+            model.load_state_dict(initial, strict=False)  # a fresh student on the same frozen encoder
+            student_cfg = dataclasses.replace(recipe.train, max_steps=cfg.student_steps, batch_size=cfg.batch_size,
+                                              early_stopping_patience=0)
+            loss = PseudoLabelLoss(cfg, int(cfg.kd_warmup * cfg.student_steps),
+                                   train_loader(encoded["train"], cfg.labelled_batch_size, seed + iteration, collate))
+            log.tags = {"stage": "student", "iteration": iteration}
+            fitted = fit(model, [*techniques, loss], ctx, train_loader(_encode(pseudo, ctx), cfg.batch_size,
+                                                                       seed + iteration, collate),
+                         dev, student_cfg, log, progress=progress)
+            if cfg.finish_on_labelled:
+                log.tags = {"stage": "student_labelled", "iteration": iteration}
+                fitted = fit(model, techniques, ctx, labelled, dev, recipe.train, log, progress=progress)
+            notes = {"pseudo_label_distribution": torch.bincount(probs.argmax(-1), minlength=ctx.num_labels).tolist(),
+                     "zero_weight_share": (sum(loss.zero_weight_share) / len(loss.zero_weight_share))
+                     if loss.zero_weight_share else None}
+            best = _finish_iteration(iteration, fitted.best_dev, ctx, model, encoded, history, best, notes)
+            _save(state_file, iteration, model, ctx, history, best, start, main_process)
+    finally:
+        log.close()
+
+    model.load_state_dict(best[3], strict=False)
+    # Copies held besides the one model: the fresh-student state, the best iteration's state and
+    # the loop's best-weights snapshot (all the trainable share only; the encoder is never copied).
+    held = state_bytes(initial) + 2 * state_bytes(best[3])
+    memory = {"model_bytes": model_bytes(model), "state_copies_bytes": held,
+              "ratio_to_one_model": round((model_bytes(model) + held) / model_bytes(model), 4)}
+    if torch.cuda.is_available():
+        memory["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    stage = {"self_training": {"iterations": history, "selected_iteration": best[0], "memory": memory,
+                               "unlabeled_used": len(pool)}}
+    result = _result(recipe, task, task_dir, seed, {k: v for k, v in splits.items()}, count_parameters(model),
+                     best[2], best[1], time.perf_counter() - start, stage)
+    if main_process:
+        write_json_atomic(out / "result.json", result)
+    return result
+
+
+def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, model: torch.nn.Module, encoded: dict,
+                      history: list[dict], best: Any, notes: dict) -> Any:
+    test = _test(ctx, encoded)
+    history.append({"iteration": iteration, "dev": dev, "test": test, **notes})
+    metric = ctx.recipe.train.select_metric
+    if best is None or dev is None or (dev[metric], -dev["loss"]) > (best[1][metric], -best[1]["loss"]):
+        return (iteration, dev, test, trainable_state(ctx.bare_model(), ctx.frozen))
+    return best
+
+
+def _save(path: Path, iteration: int, model: torch.nn.Module, ctx: TrainContext, history: list[dict], best: Any,
+          start: float, main_process: bool) -> None:
+    if not main_process:
+        return
+    tmp = path.with_suffix(".tmp")
+    torch.save({"iteration": iteration, "teacher": trainable_state(ctx.bare_model(), ctx.frozen),
+                "history": history, "best": best, "seconds": time.perf_counter() - start}, tmp)
+    os.replace(tmp, path)
+
+
+def _drop_log_after(path: Path, iteration: int) -> None:
+    """Keep the metrics of finished iterations only (an interrupted one is run again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- self-distillation
+
+
+def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
+                          progress: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune, then fine-tune fresh models on the previous one's soft labels (see the docstring)."""
+    cfg = recipe.self_distillation
+    seed, out, task_dir, task, main_process, set_seed = _start(recipe, task_dir, out, seed, resume)
+    if main_process:
+        prepare_out_dir(out, resume=False)  # rounds are short; an interrupted run starts again
+        (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    log = MetricLog(out / "metrics.jsonl" if main_process else None)
+    rounds, soft, start = [], None, time.perf_counter()
+    try:
+        for round_ in range(cfg.rounds + 1):  # round 0 is the plain teacher
+            set_seed(seed)
+            techniques = build_techniques(recipe)
+            ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
+            model, splits = build_model_and_data(recipe, dict(task.splits), techniques, ctx)
+            if soft is not None:
+                if len(soft) != len(splits["train"]):
+                    raise RuntimeError("the train split changed between teacher and student; prepare_data must "
+                                       "be deterministic for self-distillation")
+                splits["train"] = [{**row, "soft_labels": p.tolist()} for row, p in zip(splits["train"], soft)]
+                techniques = [*techniques, SoftTargetLoss(cfg)]
+            encoded = {name: _encode(rows, ctx) for name, rows in splits.items()}
+            collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
+            dev = eval_loader(encoded["dev"], recipe.train.eval_batch_size, collate) if "dev" in encoded else None
+            log.tags = {"stage": "teacher" if round_ == 0 else "student", "round": round_}
+            fitted = fit(model, techniques, ctx, train_loader(encoded["train"], recipe.train.batch_size, seed, collate),
+                         dev, recipe.train, log, progress=progress)
+            rounds.append({"round": round_, "dev": fitted.best_dev, "test": _test(ctx, encoded)})
+            if round_ < cfg.rounds:
+                soft = sharpen(predict_probs(ctx, encoded["train"], recipe.train.eval_batch_size), cfg.temperature)
+            params = count_parameters(model)
+            del model, ctx  # the next round loads a fresh model; never two at once
+    finally:
+        log.close()
+    last = rounds[-1]
+    result = _result(recipe, task, task_dir, seed, splits, params, last["test"], last["dev"],
+                     time.perf_counter() - start, {"self_distillation": {"rounds": rounds}})
+    if main_process:
+        write_json_atomic(out / "result.json", result)
+    return result
+
+
+STAGE_RUNNERS = {"self_training": run_self_training, "self_distillation": run_self_distillation}
