@@ -14,6 +14,20 @@ from plmtune.technique import Technique
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.jsonl"
 
 
+def step_timing_parser(doc: str):
+    """The arguments every step-timing benchmark takes (rounds of steps on fixed-shape batches)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=2, help="warm-up steps dropped from each round")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--out", type=Path)
+    return parser
+
+
 def write_results(path: Path | None, args, rows: dict, raw: dict) -> None:
     """Save a benchmark's summary rows with its raw samples, arguments, versions and machine."""
     from plmtune.provenance import machine, versions

@@ -13,19 +13,17 @@ Prints a Markdown table: median step time, IQR, and the ratio to the baseline's 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import FixedPad, StepClock, texts, write_results  # noqa: E402
+from _common import FixedPad, StepClock, step_timing_parser, texts, write_results  # noqa: E402
 
 from plmtune.config import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
@@ -86,14 +84,8 @@ def mask_overhead(loader, rounds: int = 15) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_timing_parser(__doc__)
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", type=int, default=2, help="warm-up steps dropped from each round")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     names = args.recipes.split(",")
 

@@ -92,3 +92,20 @@ def _torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_marian(tmp_path_factory, tokenizer):
+    """A tiny randomly initialised Marian translation model (with the BERT tokenizer): mechanics only."""
+    from transformers import MarianConfig, MarianMTModel
+
+    folder = tmp_path_factory.mktemp("marian")
+    torch.manual_seed(0)
+    config = MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                          max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                          forced_eos_token_id=tokenizer.sep_token_id)
+    MarianMTModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

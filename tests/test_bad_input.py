@@ -32,6 +32,12 @@ def _with_unlabelled(root, text):
     return folder
 
 
+def _corpus(root, text):
+    path = root / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
 def _recipe(root, text):
     path = root / "r.yaml"
     path.write_text(text)
@@ -96,6 +102,14 @@ CASES = {
                                                       r"no built-in prompt for task 'task'.*prompt.template"),
     "two stages in one recipe": (lambda t: ["validate", "self_distill", "--set", "self_training={}"],
                                  r"at most one stage"),
+    "pre-training on a path that does not exist": (lambda t: ["pretrain", "tapt", "--data", t / "corpus.txt",
+                                                              "--out", t / "out"],
+                                                   r"corpus.txt: TAPT needs a task folder"),
+    "pre-training with a recipe that has no pretrain section": (lambda t: ["pretrain", "baseline", "--data",
+                                                                           _task(t), "--out", t / "out"],
+                                                                r"has no pretrain section"),
+    "pre-training corpus of one line": (lambda t: ["pretrain", "tapt", "--data", _corpus(t, "just one\n"),
+                                                   "--out", t / "out"], r"corpus.txt: the pre-training corpus has 1"),
 }
 
 

@@ -36,6 +36,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .pretrain import run_pretrain_stage
+
+    recipe = _recipe(args)
+    if recipe.pretrain is None:
+        raise PlmtuneError(f"Recipe '{recipe.name}' has no pretrain section; use 'tapt', 'tapt_static', "
+                           "'tapt_selective' or add one.")
+    cfg, data = recipe.pretrain, Path(args.data)
+    if data.is_file():  # a domain corpus (DAPT) rather than a task folder (TAPT)
+        cfg, data = dataclasses.replace(cfg, corpus=str(data)), None
+    record = run_pretrain_stage(cfg, recipe.model.backbone, data, args.out, recipe.data, recipe.train.seed,
+                                progress=sys.stderr.isatty())
+    print(f"pretrain ({record['masking']} masking) on {record['texts']} texts: {record['steps']} steps "
+          f"({record['stopped']}), best held-out MLM loss {record['best_heldout_loss']:.4f} at step "
+          f"{record['best_step']}, {record['seconds']:.0f} s. Backbone: {record['model']} "
+          f"(use it with --set model.backbone={record['model']})")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_recipe
 
@@ -48,7 +69,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
         else:
             names = ", ".join(t.name for t in recipe.techniques) or "none"
-            print(f"{path}: ok (recipe '{recipe.name}', techniques: {names})")
+            stages = [name for name in ("pretrain", "self_training", "self_distillation") if getattr(recipe, name)]
+            staged = f"; stages: {', '.join(stages)}" if stages else ""
+            print(f"{path}: ok (recipe '{recipe.name}', techniques: {names}{staged})")
     return 2 if failed else 0
 
 
@@ -164,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint (written every train.checkpoint_every steps)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pretrain", help="further pre-training (MLM) on a task folder (TAPT) or a text file (DAPT)")
+    recipe_args(p)
+    p.add_argument("--data", required=True, help="task folder (train + unlabeled text) or a .txt/.jsonl corpus")
+    p.add_argument("--out", required=True, help="output folder: OUT/model (a backbone) and OUT/pretrain.json")
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("validate", help="check recipes without loading any model")
     p.add_argument("recipes", nargs="+")

@@ -189,7 +189,7 @@ class SelfTrainingConfig:
     unlabeled_cap: int = 2048
     student_steps: int = 300
     batch_size: int = 16
-    labelled_batch_size: int = 16
+    labelled_batch_size: int = 8
     kd_warmup: float = 0.3
     reweight: bool = True
     virtual_lr: float = 1e-3
@@ -227,6 +227,61 @@ class SelfDistillationConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Further pre-training before fine-tuning (plmtune.pretrain): masked-LM on task or domain text.
+
+    Args:
+    corpus: empty = the task folder's own text (TAPT: train + unlabeled.jsonl, never dev/test);
+        or a .txt file (one text per line) or .jsonl file (a text field) of domain text (DAPT).
+    masking: 'dynamic' (a new mask each time a text is seen), 'static' (`copies` fixed masks per
+        text, made once) or 'selective' (mask the tokens a task model finds important).
+    rate / split: share of tokens masked; their [MASK] / random-token / unchanged split.
+    copies: fixed masked copies per text for 'static'.
+    max_steps / batch_size / lr / warmup_ratio / weight_decay / max_length: the MLM training.
+    max_texts: at most this many corpus texts (a seeded sample).
+    heldout: share of texts held out (at most 1,000) for the stop rule.
+    eval_every / patience: evaluate the held-out MLM loss every this many steps; stop after
+        `patience` evaluations without improvement (0 = never stop early); the best is kept.
+    important_share: 'selective' only; share of each labelled text's tokens labelled important.
+    """
+
+    corpus: str = ""
+    masking: str = "dynamic"
+    rate: float = 0.15
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    copies: int = 10
+    max_steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_length: int = 128
+    max_texts: int = 20000
+    heldout: float = 0.05
+    eval_every: int = 50
+    patience: int = 3
+    important_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_choice("pretrain.masking", self.masking, ("dynamic", "static", "selective"))
+        check_range("pretrain.rate", self.rate, 0.0, 1.0, lo_open=True, hi_open=True)
+        if len(self.split) != 3 or any(x < 0 for x in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"pretrain.split must be three non-negative shares summing to 1, got {self.split}")
+        check_range("pretrain.copies", self.copies, 1, 1000)
+        check_range("pretrain.max_steps", self.max_steps, 1, 10_000_000)
+        check_range("pretrain.batch_size", self.batch_size, 1, 65_536)
+        check_range("pretrain.lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_range("pretrain.warmup_ratio", self.warmup_ratio, 0.0, 1.0, hi_open=True)
+        check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("pretrain.max_length", self.max_length, 8, 4096)
+        check_range("pretrain.max_texts", self.max_texts, 2, 100_000_000)
+        check_range("pretrain.heldout", self.heldout, 0.0, 0.5, lo_open=True)
+        check_range("pretrain.eval_every", self.eval_every, 1, 10_000_000)
+        check_range("pretrain.patience", self.patience, 0, 100_000)
+        check_range("pretrain.important_share", self.important_share, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
 class TechniqueSpec:
     """One entry of a recipe's technique list, resolved through the registry."""
 
@@ -247,9 +302,11 @@ class Recipe:
     techniques: tuple[TechniqueSpec, ...] = ()
     self_training: SelfTrainingConfig | None = None
     self_distillation: SelfDistillationConfig | None = None
+    pretrain: PretrainConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        stages = {name: dataclasses.asdict(getattr(self, name)) for name in STAGES if getattr(self, name)}
+        stages = {name: dataclasses.asdict(getattr(self, name)) for name in (*STAGES, "pretrain")
+                  if getattr(self, name)}
         return {
             "name": self.name,
             "description": self.description,
@@ -264,7 +321,7 @@ class Recipe:
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # Optional stages that run around fine-tuning (plmtune.selftrain); a recipe has at most one.
 STAGES: dict[str, type] = {"self_training": SelfTrainingConfig, "self_distillation": SelfDistillationConfig}
-TOP_KEYS = ("name", "description", "extends", "model", "data", "train", "techniques", *STAGES)
+TOP_KEYS = ("name", "description", "extends", "model", "data", "train", "techniques", *STAGES, "pretrain")
 
 
 # --------------------------------------------------------------------------- building
@@ -363,6 +420,8 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
               if raw.get(name) is not None}
     if len(stages) > 1:
         raise RecipeError(f"A recipe runs at most one stage; it sets {' and '.join(stages)}.")
+    if raw.get("pretrain") is not None:  # runs before any stage or fine-tuning
+        stages["pretrain"] = build_dataclass(PretrainConfig, raw["pretrain"], "pretrain")
     recipe = Recipe(
         name=str(raw.get("name", "recipe")),
         description=str(raw.get("description", "")),

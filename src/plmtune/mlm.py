@@ -1,6 +1,7 @@
 """Masked-language-model pieces shared by prompt-based fine-tuning and further pre-training.
 
-* :func:`mlm_head_for` returns the backbone's own trained MLM head where its checkpoint has one,
+* :func:`mlm_head_for` returns the backbone's own trained MLM head where its checkpoint has one
+  (BERT's ``cls.predictions.*`` weights, or the ``mlm_head.safetensors`` `plmtune pretrain` writes),
   and otherwise builds BERT's head: a transform (dense hidden→hidden, GELU, LayerNorm) and a
   decoder **tied to the word embeddings** with a zero bias. The bundled all-MiniLM-L6-v2 ships no
   MLM head, so for it the transform is new: dense weight = identity, bias 0, LayerNorm weight 1
@@ -11,7 +12,11 @@
   (never [CLS], [SEP] or padding) is chosen; of those, 80% become [MASK], 10% a random token,
   10% stay (all configurable). ``dynamic`` draws a new mask every time a sequence is seen;
   ``static`` draws `copies` fixed masks per sequence once (Sun et al. 2019 / original BERT) and
-  serves them in turn, so every epoch sees the same masks.
+  serves them in turn, so every epoch sees the same masks. ``selective`` (Gu et al. 2020, "Train
+  No Evil") takes per-token importance weights with each item (``mask_weights``) and draws
+  round(rate · maskable) positions without replacement with probability proportional to the
+  weight (Gumbel top-k), anew each time: important tokens are masked far more often than
+  others, yet every token keeps a small chance.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ def mlm_head_for(encoder: nn.Module, backbone_dir: str | None = None) -> nn.Modu
 
         from safetensors import safe_open
 
+        ours = Path(backbone_dir) / "mlm_head.safetensors"  # written by `plmtune pretrain`
+        if ours.is_file():
+            from safetensors.torch import load_file
+
+            head = TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, config.layer_norm_eps)
+            head.load_state_dict(load_file(str(ours)), strict=False)  # the decoder weight is the embeddings
+            return head
         weights = Path(backbone_dir) / "model.safetensors"
         if weights.is_file():
             with safe_open(str(weights), "pt") as f:
@@ -72,8 +84,8 @@ class MaskingCollator:
 
     def __init__(self, tokenizer: Any, rate: float = 0.15, split: tuple[float, float, float] = (0.8, 0.1, 0.1),
                  mode: str = "dynamic", copies: int = 10, seed: int = 0):
-        if mode not in ("dynamic", "static"):
-            raise ValueError(f"masking mode must be 'dynamic' or 'static', got {mode!r}")
+        if mode not in ("dynamic", "static", "selective"):
+            raise ValueError(f"masking mode must be 'dynamic', 'static' or 'selective', got {mode!r}")
         if abs(sum(split) - 1.0) > 1e-6:
             raise ValueError(f"the mask/random/keep split must sum to 1, got {split}")
         self.tokenizer, self.rate, self.split, self.mode, self.copies = tokenizer, rate, split, mode, copies
@@ -82,11 +94,20 @@ class MaskingCollator:
         self.static: dict[int, list[tuple[list[int], list[int]]]] = {}
         self.seen: dict[int, int] = {}
 
-    def mask(self, ids: list[int], generator: torch.Generator) -> tuple[list[int], list[int]]:
+    def mask(self, ids: list[int], generator: torch.Generator, weights: list[float] | None = None
+             ) -> tuple[list[int], list[int]]:
         """Return (inputs, labels) for one sequence; labels are -100 where nothing is predicted."""
         ids_t = torch.tensor(ids)
         maskable = torch.tensor([i not in self.special for i in ids])
-        chosen = (torch.rand(len(ids), generator=generator) < self.rate) & maskable
+        if weights is None:
+            chosen = (torch.rand(len(ids), generator=generator) < self.rate) & maskable
+        else:  # selective: k positions, drawn in proportion to the importance weights
+            k = max(1, round(self.rate * int(maskable.sum()))) if maskable.any() else 0
+            u = torch.rand(len(ids), generator=generator).clamp(1e-9, 1 - 1e-9)
+            keys = torch.log(torch.tensor(weights, dtype=torch.float32).clamp_min(1e-6)) - torch.log(-torch.log(u))
+            keys[~maskable] = -float("inf")
+            chosen = torch.zeros(len(ids), dtype=torch.bool)
+            chosen[keys.topk(k).indices] = True
         labels = torch.where(chosen, ids_t, torch.full_like(ids_t, IGNORE))
         roll = torch.rand(len(ids), generator=generator)
         to_mask = chosen & (roll < self.split[0])
@@ -99,6 +120,8 @@ class MaskingCollator:
     def _for(self, item: dict) -> tuple[list[int], list[int]]:
         if self.mode == "dynamic":
             return self.mask(item["input_ids"], self.generator)
+        if self.mode == "selective":
+            return self.mask(item["input_ids"], self.generator, item["mask_weights"])
         key = item["index"]
         if key not in self.static:
             g = torch.Generator().manual_seed(self.generator.initial_seed() * 1_000_003 + key)

@@ -9,14 +9,28 @@ labelled examples with mean loss L(θ):
 
 An example whose gradient points the same way as the labelled data's gets weight; one that
 would push the model away from the labelled data (a wrong pseudo-label, typically) gets none.
-Both derivatives are taken with ``torch.func`` (``grad`` of a function that itself takes a
-``grad``), over the trainable parameters only — the adapters, LayerNorms and head when the
-encoder is frozen; the frozen encoder is read, never differentiated with respect to.
+Everything runs through ``torch.func`` over the trainable parameters only — the adapters,
+LayerNorms and head when the encoder is frozen; the frozen encoder is read, never differentiated
+with respect to. Two implementations of the same quantity:
 
-At ε = 0 the result is exactly −α·⟨∇L(θ), ∇l_i(θ)⟩, so α only scales g and cancels in the
-normalisation; it is kept for fidelity to the algorithm. The inner gradient keeps its graph
-(a second-order pass); SDPA's fused kernels have no double backward, so attention runs on the
-math kernel inside this function. Errors propagate: a failure here is a bug to see, not a
+* :func:`meta_weights_by_virtual_step` is the algorithm as written: ``grad`` of a function that
+  itself takes a ``grad`` (the virtual step), i.e. a second-order pass. About 4× a plain step.
+* :func:`meta_weights` evaluates the same derivative in closed form. With
+  θ'(ε) = θ − α·Σ ε_i·∇l_i(θ), the chain rule gives ∂L(θ'(ε))/∂ε_i = −α·⟨∇L(θ'(ε)), ∇l_i(θ)⟩,
+  and at ε = 0 (where it is evaluated) θ' = θ, so g_i = −α·⟨∇L(θ), ∇l_i(θ)⟩ exactly — no
+  approximation. It costs one gradient of the labelled batch (``grad``) and one forward-mode
+  pass over the pseudo-labelled batch along that gradient (``jvp``), which yields every
+  ⟨∇l_i, ∇L⟩ at once.
+* :func:`meta_weights_from_graph` (used in training) computes the same inner products from the
+  training step's own forward pass instead of a new one: with u = 1, h(u) = ∇θ Σ u_i·l_i keeps
+  its graph and ∂⟨h(u), ∇L⟩/∂u_i = ⟨∇l_i, ∇L⟩ (reverse over reverse). With the labelled
+  gradient from ``torch.func.grad`` this is the cheapest of the three (benchmarks/list_cost.py).
+
+Tests check that all three agree.
+
+α only scales g and cancels in the normalisation; it is kept for fidelity to the algorithm.
+SDPA's fused attention kernels lack double-backward and forward-mode rules, so attention runs on
+the math kernel inside these functions. Errors propagate: a failure here is a bug to see, not a
 batch to skip (LiST's code swallowed them).
 """
 
@@ -26,7 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, jvp
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "features")
 
@@ -35,33 +49,72 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def meta_weights(model: torch.nn.Module, pseudo_batch: dict[str, torch.Tensor],
-                 labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3) -> torch.Tensor:
-    """Per-example weights (non-negative, summing to 1 or all 0) for `pseudo_batch`."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+def _setup(model: torch.nn.Module, pseudo_batch: dict, labelled_batch: dict):
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("meta re-weighting needs trainable parameters; the model has none")
-    pseudo_inputs, pseudo_labels = _inputs(pseudo_batch), pseudo_batch["labels"]
-    labelled_inputs, labelled_labels = _inputs(labelled_batch), labelled_batch["labels"]
 
-    def weighted_pseudo_loss(theta: dict[str, torch.Tensor], eps: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, theta, kwargs=pseudo_inputs, strict=False)["logits"].float()
-        return (eps * F.cross_entropy(logits, pseudo_labels, reduction="none")).sum()
+    def losses(theta: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+        logits = functional_call(model, theta, kwargs=_inputs(batch), strict=False)["logits"].float()
+        return F.cross_entropy(logits, batch["labels"], reduction="none")
 
-    def labelled_loss_after_virtual_step(eps: torch.Tensor) -> torch.Tensor:
-        step = grad(weighted_pseudo_loss)(params, eps)
-        theta = {name: value - virtual_lr * step[name] for name, value in params.items()}
-        logits = functional_call(model, theta, kwargs=labelled_inputs, strict=False)["logits"].float()
-        return F.cross_entropy(logits, labelled_labels)
+    return params, losses
 
-    eps = torch.zeros(pseudo_labels.shape[0], device=pseudo_labels.device)
-    with sdpa_kernel([SDPBackend.MATH]):
-        g = grad(labelled_loss_after_virtual_step)(eps)
-    weights = torch.clamp(-g, min=0.0)
+
+def _normalise(meta_gradient: torch.Tensor) -> torch.Tensor:
+    weights = torch.clamp(-meta_gradient, min=0.0)
     total = weights.sum()
     return weights / total if total > 0 else weights
+
+
+def meta_weights(model: torch.nn.Module, pseudo_batch: dict[str, torch.Tensor],
+                 labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3) -> torch.Tensor:
+    """Per-example weights (non-negative, summing to 1 or all 0) for `pseudo_batch` (closed form)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params, losses = _setup(model, pseudo_batch, labelled_batch)
+    with sdpa_kernel([SDPBackend.MATH]):
+        labelled_gradient = grad(lambda theta: losses(theta, labelled_batch).mean())(params)
+        _, directional = jvp(lambda theta: losses(theta, pseudo_batch), (params,), (labelled_gradient,))
+    return _normalise(-virtual_lr * directional.detach())
+
+
+def labelled_gradient(model: torch.nn.Module, labelled_batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """∇θ of the labelled batch's mean loss over the trainable parameters (torch.func.grad)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params, losses = _setup(model, labelled_batch, labelled_batch)
+    with sdpa_kernel([SDPBackend.MATH]):
+        return grad(lambda theta: losses(theta, labelled_batch).mean())(params)
+
+
+def meta_weights_from_graph(model: torch.nn.Module, per_example_loss: torch.Tensor,
+                            labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3) -> torch.Tensor:
+    """The same weights, from per-example losses whose autograd graph is still alive (kept alive)."""
+    gradient = labelled_gradient(model, labelled_batch)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    u = torch.ones_like(per_example_loss, requires_grad=True)
+    h = torch.autograd.grad((u * per_example_loss).sum(), params, create_graph=True, allow_unused=True)
+    inner = sum((hi * gradient[n]).sum() for hi, n in zip(h, names) if hi is not None)
+    (directional,) = torch.autograd.grad(inner, u, retain_graph=True)
+    return _normalise(-virtual_lr * directional.detach())
+
+
+def meta_weights_by_virtual_step(model: torch.nn.Module, pseudo_batch: dict[str, torch.Tensor],
+                                 labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3) -> torch.Tensor:
+    """The same weights by the literal algorithm: a virtual step, then d(labelled loss)/d(weights)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params, losses = _setup(model, pseudo_batch, labelled_batch)
+
+    def labelled_loss_after_virtual_step(eps: torch.Tensor) -> torch.Tensor:
+        step = grad(lambda theta: (eps * losses(theta, pseudo_batch)).sum())(params)
+        return losses({n: v - virtual_lr * step[n] for n, v in params.items()}, labelled_batch).mean()
+
+    eps = torch.zeros(pseudo_batch["labels"].shape[0], device=pseudo_batch["labels"].device)
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _normalise(grad(labelled_loss_after_virtual_step)(eps))
 
 
 def soft_target_loss(logits: torch.Tensor, soft_labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

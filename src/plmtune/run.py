@@ -156,12 +156,31 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
 def run_recipe(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
                progress: bool = False, save_model: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run a recipe: its stage (self-training, self-distillation) where it has one, else fine-tuning."""
+    import dataclasses
+
     from .errors import RecipeError
     from .selftrain import STAGE_RUNNERS
 
+    pretrained = None
+    if recipe.pretrain is not None:  # further pre-training first; fine-tuning then starts from its model
+        from .pretrain import run_pretrain_stage
+
+        pretrained = run_pretrain_stage(recipe.pretrain, recipe.model.backbone, task_dir, Path(out) / "pretrain",
+                                        recipe.data, recipe.train.seed if seed is None else seed, progress)
+        original = recipe
+        recipe = dataclasses.replace(recipe, pretrain=None,
+                                     model=dataclasses.replace(recipe.model, backbone=pretrained["model"]))
+    result = None
     for name, runner in STAGE_RUNNERS.items():
         if getattr(recipe, name) is not None:
             if save_model:
                 raise RecipeError(f"--save-model is not available for recipes with a {name} stage yet.")
-            return runner(recipe, task_dir, out, seed, progress=progress, resume=resume)
-    return run_finetune(recipe, task_dir, out, seed, progress=progress, save_model=save_model, resume=resume)
+            result = runner(recipe, task_dir, out, seed, progress=progress, resume=resume)
+    if result is None:
+        result = run_finetune(recipe, task_dir, out, seed, progress=progress, save_model=save_model, resume=resume)
+    if pretrained is not None and int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: pretrained[k] for k in ("masking", "texts", "heldout_texts", "steps", "best_step",
+                                              "best_heldout_loss", "stopped", "seconds", "model")}
+        result = {**result, "recipe": original.to_dict(), "pretrain": summary}
+        write_json_atomic(Path(out) / "result.json", result)
+    return result

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from accelerate.utils import set_seed
 
 from .config import Recipe
 from .data import EncodedSplit, PadCollator, eval_loader, load_task, read_rows, train_loader
 from .engine.loop import MetricLog, evaluate, fit, make_accelerator
 from .errors import DataError
-from .reweight import meta_weights, sharpen, soft_target_loss
+from .reweight import meta_weights_from_graph, sharpen, soft_target_loss
 from .run import build_model_and_data, prepare_out_dir, recipe_to_yaml, write_json_atomic
 from .models import count_parameters
 from .provenance import git_commit, machine, versions
@@ -58,6 +58,7 @@ class PseudoLabelLoss(Technique):
     def __init__(self, config: Any, warmup_steps: int, labelled_loader: Any):
         super().__init__(config)
         self.warmup_steps, self.labelled_loader, self._batches = warmup_steps, labelled_loader, None
+        self._attention: str | None = None
         self.zero_weight_share: list[float] = []  # per re-weighted batch: share of examples given no weight
 
     def _labelled_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
@@ -68,15 +69,32 @@ class PseudoLabelLoss(Technique):
             batch = next(self._batches)
         return {k: v.to(device) for k, v in batch.items()}
 
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        # Re-weighting differentiates the step's own forward pass twice; fused SDPA kernels have
+        # no double backward, so the encoder runs eager attention while this student trains.
+        self._attention = _set_attention(ctx.bare_model(), "eager") if self.config.reweight else None
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        if self._attention:
+            _set_attention(ctx.bare_model(), self._attention)
+
     def adjust_loss(self, loss: torch.Tensor, outputs: Any, batch: dict, ctx: TrainContext) -> torch.Tensor:
         if ctx.step < self.warmup_steps:  # consistency with the teacher, every example weighted equally
             return soft_target_loss(outputs["logits"], batch["soft_labels"]).mean()
         if not self.config.reweight:
             return loss
-        weights = meta_weights(ctx.bare_model(), batch, self._labelled_batch(batch["labels"].device),
-                               self.config.virtual_lr)
+        weights = meta_weights_from_graph(ctx.bare_model(), outputs["per_example_loss"],
+                                          self._labelled_batch(batch["labels"].device), self.config.virtual_lr)
         self.zero_weight_share.append(float((weights == 0).float().mean()))
         return (weights * outputs["per_example_loss"]).sum()
+
+
+def _set_attention(model: torch.nn.Module, implementation: str) -> str:
+    """Switch the encoder's attention implementation; return the previous one."""
+    config = model.encoder.config
+    previous = getattr(config, "_attn_implementation", None) or "sdpa"
+    model.encoder.set_attn_implementation(implementation)
+    return previous
 
 
 class SoftTargetLoss(Technique):
@@ -162,14 +180,11 @@ def _result(recipe: Recipe, task: Any, task_dir: Path, seed: int, splits: dict, 
             "parameters": params, **stage, "versions": versions(), "machine": machine(), "git": git_commit()}
 
 
-def _start(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None, resume: bool):
-    from accelerate.utils import set_seed
-
+def _start(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None):
+    """(seed, out, task_dir, task, main process?) — what both stages begin with."""
     seed = recipe.train.seed if seed is None else seed
-    out, task_dir = Path(out), Path(task_dir)
-    task = load_task(task_dir, recipe.data, need=("train",))
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    return seed, out, task_dir, task, main_process, set_seed
+    task = load_task(Path(task_dir), recipe.data, need=("train",))
+    return seed, Path(out), Path(task_dir), task, int(os.environ.get("RANK", "0")) == 0
 
 
 # --------------------------------------------------------------------------- self-training
@@ -179,7 +194,7 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
                       progress: bool = False, resume: bool = False) -> dict[str, Any]:
     """LiST self-training (see the module docstring); writes the run folder, returns result.json."""
     cfg = recipe.self_training
-    seed, out, task_dir, task, main_process, set_seed = _start(recipe, task_dir, out, seed, resume)
+    seed, out, task_dir, task, main_process = _start(recipe, task_dir, out, seed)
     pool = read_unlabelled(task_dir, recipe, cfg.unlabeled_cap, seed, task.is_pair)
     state_file = out / "self_training" / "state.pt"
     if main_process:
@@ -295,7 +310,7 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
                           progress: bool = False, resume: bool = False) -> dict[str, Any]:
     """Fine-tune, then fine-tune fresh models on the previous one's soft labels (see the docstring)."""
     cfg = recipe.self_distillation
-    seed, out, task_dir, task, main_process, set_seed = _start(recipe, task_dir, out, seed, resume)
+    seed, out, task_dir, task, main_process = _start(recipe, task_dir, out, seed)
     if main_process:
         prepare_out_dir(out, resume=False)  # rounds are short; an interrupted run starts again
         (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")

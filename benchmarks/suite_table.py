@@ -1,0 +1,51 @@
+"""One Markdown table across tasks from a bench folder: mean accuracy and the paired Δ to the baseline.
+
+    python benchmarks/suite_table.py bench/fewshot --k 16 [--metric accuracy|mcc|macro_f1]
+
+Each cell: mean over seeds, then the paired difference to the baseline in points with its 95%
+t-interval; ▲ / ▼ mark intervals that exclude 0 (shown to help / to hurt). The last column is the
+mean over tasks. Per-task details (std, worst seed, macro-F1, MCC, p-values) are in report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from plmtune.bench.report import collect, paired
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--baseline")
+    args = parser.parse_args()
+    results, _, suite = collect(args.bench)
+    baseline = args.baseline or suite["baseline"]
+    tasks = [t for t in suite["tasks"] if (t, args.k) in results]
+    print(f"| method | {' | '.join(tasks)} | mean |")
+    print("|---|" + "---|" * (len(tasks) + 1))
+    for method in suite["methods"]:
+        cells, means = [], []
+        for task in tasks:
+            runs, base = results[(task, args.k)].get(method), results[(task, args.k)].get(baseline, {})
+            if not runs:
+                break
+            values = [r["test"][args.metric] for r in runs.values()]
+            means.append(statistics.fmean(values))
+            cell = f"{100 * means[-1]:.1f}"
+            common = sorted(set(runs) & set(base))
+            if method != baseline and len(common) > 1:
+                d = paired([runs[s]["test"][args.metric] - base[s]["test"][args.metric] for s in common])
+                mark = " ▲" if d["lo"] > 0 else " ▼" if d["hi"] < 0 else ""
+                cell += f" ({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{mark})"
+            cells.append(cell)
+        if len(cells) == len(tasks):
+            print(f"| {method} | {' | '.join(cells)} | {100 * statistics.fmean(means):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Further pre-training: masked-LM training of the backbone on task text (TAPT) or domain text (DAPT).
+
+Sun et al. (2019, "How to Fine-Tune BERT for Text Classification") and Gururangan et al. (2020,
+"Don't Stop Pretraining") found further MLM training on in-task or in-domain text before
+fine-tuning the most reliable gain. This stage does that and writes a folder that ``plmtune run``
+accepts as a backbone (``model.backbone: PATH``), with the trained MLM head beside it
+(``mlm_head.safetensors``), which prompt-based methods then use instead of building a new one.
+
+* Corpus: the task folder's train + unlabelled text (TAPT; dev and test are never read), or any
+  .txt / .jsonl file (DAPT); at most ``max_texts`` (seeded sample).
+* Masking (see :mod:`plmtune.mlm`): dynamic, static (``copies`` fixed masks) or selective
+  (:mod:`plmtune.selective`); rate and the 80/10/10 split configurable.
+* The MLM head: the backbone's own where it has one; all-MiniLM-L6-v2 has none, so the tied head
+  of :func:`plmtune.mlm.mlm_head_for` is built and trained along.
+* Stop rule: every ``eval_every`` steps the MLM loss on a held-out share of the corpus is
+  measured with fixed masks (so evaluations compare); after ``patience`` evaluations without
+  improvement training stops, and the weights of the best evaluation are saved. ``pretrain.json``
+  logs every evaluation, the step count, the stop reason and the wall time.
+* A finished stage is reused: a run whose ``pretrain.json`` matches the configuration, the
+  backbone and the corpus is not trained again (a re-run or a resumed bench skips it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import DataConfig, PretrainConfig
+from .errors import DataError
+from .mlm import IGNORE, MaskingCollator, mlm_head_for
+from .models import load_backbone, resolve_backbone
+
+
+def read_corpus(cfg: PretrainConfig, task_dir: Path | None, data: DataConfig, seed: int) -> list[str]:
+    """The texts to pre-train on (TAPT: the task's train + unlabelled text; DAPT: cfg.corpus)."""
+    from .data import find_split_file, read_records
+
+    texts: list[str] = []
+    if cfg.corpus:
+        path = Path(cfg.corpus).expanduser()
+        if not path.is_file():
+            raise DataError(path, "the pre-training corpus does not exist (pretrain.corpus).")
+        if path.suffix == ".jsonl":
+            for line, record in read_records(path):
+                value = record.get(data.text_field)
+                if not isinstance(value, str):
+                    raise DataError(path, "needs a string text field for pre-training.", line, data.text_field)
+                texts.append(value)
+        else:
+            texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    else:
+        if task_dir is None or not Path(task_dir).is_dir():
+            raise DataError(Path(str(task_dir)), "TAPT needs a task folder (or set pretrain.corpus).")
+        for split in ("train", "unlabeled"):
+            path = find_split_file(Path(task_dir), split)
+            if path is None:
+                continue
+            for _, record in read_records(path):
+                texts += [record[f] for f in (data.text_field, data.text_pair_field) if isinstance(record.get(f), str)]
+    if len(texts) < 2:
+        raise DataError(Path(cfg.corpus or str(task_dir)), f"the pre-training corpus has {len(texts)} text(s); "
+                                                           "it needs at least 2 (one is held out).")
+    if len(texts) > cfg.max_texts:
+        texts = random.Random(seed).sample(texts, cfg.max_texts)
+    return texts
+
+
+class MaskedLM(nn.Module):
+    """Encoder + MLM head; returns the mean cross-entropy over the masked positions."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        chosen = labels != IGNORE
+        logits = self.head(hidden[chosen])  # only masked positions reach the 30k-wide decoder
+        return nn.functional.cross_entropy(logits.float(), labels[chosen])
+
+
+def _fingerprint(cfg: PretrainConfig, backbone: str, texts: list[str], seed: int) -> str:
+    digest = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "backbone": backbone, "seed": seed}).encode())
+    for text in texts:
+        digest.update(text.encode())
+    return digest.hexdigest()[:16]
+
+
+def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Path, seed: int = 0,
+             progress: bool = False, task_dir: Path | None = None, data: DataConfig | None = None) -> dict[str, Any]:
+    """Train the MLM on `texts`; write ``out/model`` (a backbone) and ``out/pretrain.json``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .engine.optim import default_param_groups, linear_schedule, make_adamw
+    from .run import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(cfg, backbone, texts, seed)
+    record_file = out / "pretrain.json"
+    if record_file.is_file() and (out / "model" / "config.json").is_file():
+        previous = json.loads(record_file.read_text())
+        if previous.get("fingerprint") == fingerprint:
+            return previous  # already done with this configuration, backbone and corpus
+    record_file.unlink(missing_ok=True)
+    set_seed(seed)
+    start = time.perf_counter()
+    tokenizer, encoder = load_backbone(backbone)
+    source = resolve_backbone(backbone)
+    model = MaskedLM(encoder, mlm_head_for(encoder, source if Path(source).is_dir() else None))
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_heldout = min(1000, max(1, round(cfg.heldout * len(texts))))
+    ids = tokenizer([texts[i] for i in order], truncation=True, max_length=cfg.max_length)["input_ids"]
+    items = [{"input_ids": x, "index": i} for i, x in enumerate(ids)]
+    heldout, train = items[:n_heldout], items[n_heldout:]
+    if cfg.masking == "selective":
+        from .selective import importance_weights
+
+        weights = importance_weights([x["input_ids"] for x in train], task_dir, data or DataConfig(), backbone,
+                                     seed, cfg.important_share, tokenizer)
+        for item, w in zip(train, weights):
+            item["mask_weights"] = w
+    masking = MaskingCollator(tokenizer, cfg.rate, tuple(cfg.split), cfg.masking, cfg.copies, seed)
+    fixed = MaskingCollator(tokenizer, cfg.rate, tuple(cfg.split), "static", 1, seed + 1)  # same masks each eval
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                         collate_fn=masking)
+    heldout_loader = torch.utils.data.DataLoader(heldout, batch_size=64, collate_fn=fixed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    optimizer = make_adamw(default_param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr, fused=True)
+    model, optimizer, loader, heldout_loader = accelerator.prepare(model, optimizer, loader, heldout_loader)
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
+
+    history, best, best_state, stale, step, stopped = [], math.inf, None, 0, 0, "max_steps"
+    bar = tqdm(total=cfg.max_steps, desc="pretrain", disable=not progress)
+    while step < cfg.max_steps and stopped == "max_steps":
+        model.train()
+        for batch in loader:
+            loss = model(**batch)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                value = _heldout_loss(model, heldout_loader)
+                history.append({"step": step, "train_loss": loss.item(), "heldout_loss": value})
+                bar.set_postfix(heldout=f"{value:.3f}")
+                if value < best:
+                    best, stale = value, 0
+                    best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                else:
+                    stale += 1
+                    if cfg.patience and stale >= cfg.patience:
+                        stopped = "patience"
+                        break
+            if step >= cfg.max_steps:
+                break
+    bar.close()
+    bare = accelerator.unwrap_model(model)
+    if best_state is not None:
+        bare.load_state_dict(best_state)
+    _save(bare, tokenizer, out / "model")
+    best_step = min(history, key=lambda h: h["heldout_loss"])["step"] if history else step
+    record = {"fingerprint": fingerprint, "backbone": backbone, "masking": cfg.masking, "config": asdict(cfg),
+              "texts": len(train), "heldout_texts": len(heldout), "steps": step, "best_step": best_step,
+              "best_heldout_loss": best, "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
+              "history": history, "model": str(out / "model")}
+    write_json_atomic(record_file, record)
+    return record
+
+
+@torch.inference_mode()
+def _heldout_loss(model: nn.Module, loader: Any) -> float:
+    model.eval()
+    losses = [float(model(**batch)) for batch in loader]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _save(model: MaskedLM, tokenizer: Any, directory: Path) -> None:
+    """The encoder as a backbone folder, and the MLM head beside it (its decoder is the embeddings)."""
+    from safetensors.torch import save_file
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    model.encoder.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items() if k != "decoder.weight"},
+              str(tmp / "mlm_head.safetensors"))
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def run_pretrain_stage(cfg: PretrainConfig, backbone: str, task_dir: str | Path | None, out: str | Path,
+                       data: DataConfig, seed: int, progress: bool = False) -> dict[str, Any]:
+    """Read the corpus and pre-train into ``out`` (a recipe's ``pretrain:`` section, or `plmtune pretrain`)."""
+    task_dir = Path(task_dir) if task_dir is not None else None
+    texts = read_corpus(cfg, task_dir, data, seed)
+    return pretrain(cfg, backbone, texts, out, seed, progress, task_dir, data)

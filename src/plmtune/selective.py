@@ -1,0 +1,117 @@
+"""Selective masking (Gu et al., EMNLP 2020, "Train No Evil"): mask the tokens that matter for the task.
+
+1. A task model — the backbone with plmtune's head, fine-tuned on the labelled train split with
+   the ``baseline`` recipe — scores each token of each labelled text by how much removing it
+   lowers the model's probability of the gold label (leave-one-out, as in the paper).
+2. In each labelled text, the top ``important_share`` of tokens with a positive score are
+   labelled important.
+3. A token classifier learns those labels. The paper fine-tunes a BERT token classifier; here,
+   a documented cheaper approximation: logistic regression on the *frozen* backbone's contextual
+   token states (one linear layer), which scores any corpus cheaply in one forward pass.
+4. Each corpus token gets its predicted probability of being important; the masking collator
+   draws masked positions in proportion to it (see :mod:`plmtune.mlm`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import DataConfig
+from .errors import DataError
+
+
+def _task_model(task_dir: Path, data: DataConfig, backbone: str, seed: int):
+    from .config import load_recipe
+    from .data import PadCollator, eval_loader, load_task, train_loader
+    from .engine.loop import MetricLog, fit
+    from .run import build_model_and_data
+    from .selftrain import _encode
+    from .technique import TrainContext
+
+    recipe = load_recipe("baseline", [f"model.backbone={backbone}"])
+    task = load_task(task_dir, data, need=("train",))
+    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
+    model, splits = build_model_and_data(recipe, dict(task.splits), [], ctx)
+    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
+    dev = eval_loader(_encode(splits["dev"], ctx), 64, collate) if "dev" in splits else None
+    fit(model, [], ctx, train_loader(_encode(splits["train"], ctx), recipe.train.batch_size, seed, collate), dev,
+        recipe.train, MetricLog(None))
+    return ctx.bare_model().cpu().eval(), ctx.tokenizer, splits["train"]
+
+
+@torch.inference_mode()
+def leave_one_out_scores(model: Any, ids: list[int], label: int, special: set[int]) -> list[float]:
+    """For each token: P(label | text) − P(label | text without that token); 0 for special tokens."""
+    positions = [i for i, t in enumerate(ids) if t not in special]
+    variants = [ids] + [ids[:i] + ids[i + 1:] for i in positions]
+    width = max(len(v) for v in variants)
+    input_ids = torch.tensor([v + [0] * (width - len(v)) for v in variants])
+    mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants])
+    probs = model(input_ids=input_ids, attention_mask=mask)["logits"].float().softmax(-1)[:, label]
+    scores = [0.0] * len(ids)
+    for j, i in enumerate(positions):
+        scores[i] = float(probs[0] - probs[j + 1])
+    return scores
+
+
+def important_labels(scores: list[float], share: float) -> list[int]:
+    """1 for the top `share` of tokens by a positive score, else 0."""
+    positive = sorted((s for s in scores if s > 0), reverse=True)
+    keep = max(1, round(share * len(scores))) if positive else 0
+    threshold = positive[min(keep, len(positive)) - 1] if keep else float("inf")
+    return [int(s >= threshold and s > 0) for s in scores]
+
+
+@torch.inference_mode()
+def _states(encoder: Any, sequences: list[list[int]], batch: int = 64) -> list[torch.Tensor]:
+    out = []
+    for start in range(0, len(sequences), batch):
+        chunk = sequences[start:start + batch]
+        width = max(len(s) for s in chunk)
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        out += [hidden[i, :len(s)] for i, s in enumerate(chunk)]
+    return out
+
+
+def train_token_classifier(states: list[torch.Tensor], labels: list[list[int]], steps: int = 300,
+                           seed: int = 0) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    x = torch.cat(states)
+    y = torch.tensor([v for row in labels for v in row], dtype=torch.float32)
+    probe = torch.nn.Linear(x.shape[1], 1)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    positive = y.mean().clamp(1e-3, 1 - 1e-3)
+    for _ in range(steps):  # full batch: a few thousand tokens
+        loss = F.binary_cross_entropy_with_logits(probe(x).squeeze(-1), y, pos_weight=(1 - positive) / positive)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
+
+
+def importance_weights(corpus_ids: list[list[int]], task_dir: Path | None, data: DataConfig, backbone: str,
+                       seed: int, share: float, tokenizer: Any) -> list[list[float]]:
+    """Per-token probabilities of being task-important for every corpus sequence (steps 1-4 above)."""
+    from .models import load_backbone
+
+    if task_dir is None or not Path(task_dir).is_dir():
+        raise DataError(Path(str(task_dir)), "selective masking needs the task's labelled train split to find "
+                                            "important tokens (pretrain.masking: selective).")
+    model, _, rows = _task_model(Path(task_dir), data, backbone, seed)
+    special = set(tokenizer.all_special_ids)
+    labelled_ids, labels = [], []
+    for row in rows:
+        ids = tokenizer(row["text"], row.get("text_pair"), truncation=True, max_length=data.max_length)["input_ids"]
+        labelled_ids.append(ids)
+        labels.append(important_labels(leave_one_out_scores(model, ids, row["label"], special), share))
+    _, encoder = load_backbone(backbone)  # the frozen pretrained encoder reads the corpus
+    encoder.eval()
+    probe = train_token_classifier(_states(encoder, labelled_ids), labels, seed=seed)
+    with torch.inference_mode():
+        return [torch.sigmoid(probe(h)).squeeze(-1).tolist() for h in _states(encoder, corpus_ids)]
