@@ -183,6 +183,8 @@ class SelfTrainingConfig:
     virtual_lr: step size of the virtual SGD step (cancels in the normalisation; see reweight.py).
     finish_on_labelled: after the pseudo-labelled session, the student also fine-tunes on the
         labelled split (with dev selection) before it becomes the next teacher.
+    select: which iteration's model is the result: 'last' (the final student, as in the paper)
+        or 'best_dev' (the best on the few-shot dev split; 2K examples make that choice noisy).
     """
 
     iterations: int = 5
@@ -194,8 +196,10 @@ class SelfTrainingConfig:
     reweight: bool = True
     virtual_lr: float = 1e-3
     finish_on_labelled: bool = True
+    select: str = "last"
 
     def __post_init__(self) -> None:
+        check_choice("self_training.select", self.select, ("last", "best_dev"))
         check_range("self_training.iterations", self.iterations, 1, 1000)
         check_range("self_training.unlabeled_cap", self.unlabeled_cap, 1, 100_000_000)
         check_range("self_training.student_steps", self.student_steps, 1, 10_000_000)

@@ -14,8 +14,9 @@ loss hook (:class:`PseudoLabelLoss`, :class:`SoftTargetLoss`) added to the recip
    labels with equal weights, then on hard pseudo-labels weighted by meta re-weighting
    (:mod:`plmtune.reweight`) against a labelled batch; optionally it then fine-tunes on the
    labelled rows (``finish_on_labelled``);
-4. the student becomes the teacher; repeat ``iterations`` times. The iteration with the best
-   dev score gives the final model (the dev split is the few-shot one, never test).
+4. the student becomes the teacher; repeat ``iterations`` times. The last student is the result
+   (``select: last``, as in the paper), or the iteration with the best few-shot dev score
+   (``select: best_dev``); every iteration's dev and test metrics are in ``result.json``.
 
 After each iteration the teacher's trainable state is written atomically to
 ``self_training/state.pt``; ``--resume`` continues at the next iteration.
@@ -255,7 +256,11 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
     finally:
         log.close()
 
-    model.load_state_dict(best[3], strict=False)
+    if cfg.select == "best_dev":
+        model.load_state_dict(best[3], strict=False)
+        chosen = best[:3]
+    else:  # the model in hand is the last iteration's
+        chosen = (history[-1]["iteration"], history[-1]["dev"], history[-1]["test"])
     # Copies held besides the one model: the fresh-student state, the best iteration's state and
     # the loop's best-weights snapshot (all the trainable share only; the encoder is never copied).
     held = state_bytes(initial) + 2 * state_bytes(best[3])
@@ -263,10 +268,10 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
               "ratio_to_one_model": round((model_bytes(model) + held) / model_bytes(model), 4)}
     if torch.cuda.is_available():
         memory["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
-    stage = {"self_training": {"iterations": history, "selected_iteration": best[0], "memory": memory,
+    stage = {"self_training": {"iterations": history, "selected_iteration": chosen[0], "memory": memory,
                                "unlabeled_used": len(pool)}}
     result = _result(recipe, task, task_dir, seed, {k: v for k, v in splits.items()}, count_parameters(model),
-                     best[2], best[1], time.perf_counter() - start, stage)
+                     chosen[2], chosen[1], time.perf_counter() - start, stage)
     if main_process:
         write_json_atomic(out / "result.json", result)
     return result
