@@ -29,22 +29,25 @@ from plmtune.config import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.models import SequenceClassifier, load_backbone  # noqa: E402
+from plmtune.run import build_model_and_data  # noqa: E402
 from plmtune.technique import TrainContext, build_techniques  # noqa: E402
 
 RECIPES = ["baseline", "child_tuning_f", "child_tuning_d", "noisytune", "llrd", "ema", "reinit", "rdrop",
-           "mixout", "lora", "gradual_unfreeze", "pooling_concat_cls", "pooling_cnn"]
+           "mixout", "lora", "gradual_unfreeze", "pooling_concat_cls", "pooling_cnn", "adapters", "prompt",
+           "prompt_adapters"]
 
 
-def run(name: str, loader, args) -> dict:
+def run(name: str, rows: list[dict], args) -> dict:
     recipe = load_recipe(name, [f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
                                 "train.eval_every=1000"])
     torch.manual_seed(0)
-    _, encoder = load_backbone(recipe.model.backbone)
-    model = SequenceClassifier(encoder, 2, recipe.model.pooling, recipe.model.dropout, recipe.model.pooling_layers)
-    ctx = TrainContext(recipe=recipe, seed=0, num_labels=2)
+    # Built as `plmtune run` builds it, so data-side techniques (prompt templates) apply too.
+    ctx = TrainContext(recipe=recipe, seed=0, num_labels=2, task_name="sst2")
     techniques = build_techniques(recipe)
-    for technique in techniques:
-        model = technique.prepare_model(model, ctx)
+    model, splits = build_model_and_data(recipe, {"train": rows}, techniques, ctx)
+    encoded = EncodedSplit(splits["train"][:len(rows)], ctx.tokenizer, args.length)  # no augmented extras
+    loader = torch.utils.data.DataLoader(encoded, batch_size=args.batch, shuffle=False,
+                                         collate_fn=FixedPad(args.length))
     first, last = StepClock(), StepClock()
     fit(model, [first, *techniques, last], ctx, loader, None, dataclasses.replace(recipe.train), MetricLog(None))
     steps = [b - a for a, b in zip(last.times, last.times[1:])]
@@ -90,13 +93,14 @@ def main() -> None:
     names = args.recipes.split(",")
 
     tokenizer, _ = load_backbone("minilm")
-    encoded = EncodedSplit(texts(args.steps * args.batch), tokenizer, args.length)
+    rows = texts(args.steps * args.batch)
+    encoded = EncodedSplit(rows, tokenizer, args.length)  # for the optimiser-only ChildTuning timing
     loader = torch.utils.data.DataLoader(encoded, batch_size=args.batch, shuffle=False,
                                          collate_fn=FixedPad(args.length))
     samples = {n: {"steps": [], "setup_s": []} for n in names}
     for round_ in range(args.repeats):
         for name in names:
-            out = run(name, loader, args)
+            out = run(name, rows, args)
             samples[name]["steps"] += out["steps"]
             samples[name]["setup_s"].append(out["setup_s"])
             print(f"round {round_ + 1}/{args.repeats} {name}: median {statistics.median(out['steps']):.4f} s/step, "
