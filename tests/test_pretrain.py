@@ -148,3 +148,22 @@ def test_pretrain_command_writes_a_backbone_folder(tmp_path, tiny_pretrain, caps
     record = json.loads((tmp_path / "pt" / "pretrain.json").read_text())
     assert record["steps"] == 4 and record["masking"] == "static" and len(record["history"]) == 2
     assert (tmp_path / "pt" / "model" / "mlm_head.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_tapt_on_real_sst2_with_the_bundled_model(tmp_path):
+    from conftest import shared_dataset
+    from plmtune.fewshot import make_fewshot
+    from plmtune.mlm import mlm_head_for
+    from plmtune.models import load_backbone
+    from plmtune.pretrain import run_pretrain_stage
+
+    make_fewshot(shared_dataset("sst2"), tmp_path / "few", 16, [13])
+    cfg = PretrainConfig(max_steps=12, batch_size=16, max_texts=600, eval_every=4, patience=0, lr=3e-4)
+    record = run_pretrain_stage(cfg, "minilm", tmp_path / "few" / "16-13", tmp_path / "pt", DataConfig(), seed=0)
+    losses = [h["heldout_loss"] for h in record["history"]]
+    assert record["texts"] + record["heldout_texts"] == 600 and len(losses) == 3
+    assert losses[-1] < losses[0]  # the new MLM head and the encoder learn the task's text
+    _, encoder = load_backbone(record["model"])
+    assert encoder.config.num_hidden_layers == 6
+    assert mlm_head_for(encoder, record["model"]).decoder.weight is encoder.get_input_embeddings().weight
