@@ -49,7 +49,8 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def _setup(model: torch.nn.Module, pseudo_batch: dict, labelled_batch: dict):
+def _setup(model: torch.nn.Module):
+    """The trainable parameters (detached) and per-example losses as a function of them."""
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("meta re-weighting needs trainable parameters; the model has none")
@@ -72,7 +73,7 @@ def meta_weights(model: torch.nn.Module, pseudo_batch: dict[str, torch.Tensor],
     """Per-example weights (non-negative, summing to 1 or all 0) for `pseudo_batch` (closed form)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    params, losses = _setup(model, pseudo_batch, labelled_batch)
+    params, losses = _setup(model)
     with sdpa_kernel([SDPBackend.MATH]):
         labelled_gradient = grad(lambda theta: losses(theta, labelled_batch).mean())(params)
         _, directional = jvp(lambda theta: losses(theta, pseudo_batch), (params,), (labelled_gradient,))
@@ -83,7 +84,7 @@ def labelled_gradient(model: torch.nn.Module, labelled_batch: dict[str, torch.Te
     """∇θ of the labelled batch's mean loss over the trainable parameters (torch.func.grad)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    params, losses = _setup(model, labelled_batch, labelled_batch)
+    params, losses = _setup(model)
     with sdpa_kernel([SDPBackend.MATH]):
         return grad(lambda theta: losses(theta, labelled_batch).mean())(params)
 
@@ -106,7 +107,7 @@ def meta_weights_by_virtual_step(model: torch.nn.Module, pseudo_batch: dict[str,
     """The same weights by the literal algorithm: a virtual step, then d(labelled loss)/d(weights)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    params, losses = _setup(model, pseudo_batch, labelled_batch)
+    params, losses = _setup(model)
 
     def labelled_loss_after_virtual_step(eps: torch.Tensor) -> torch.Tensor:
         step = grad(lambda theta: (eps * losses(theta, pseudo_batch)).sum())(params)

@@ -77,6 +77,42 @@ def build_model_and_data(recipe: Recipe, splits: dict[str, list[dict]], techniqu
     return model, splits
 
 
+def encode(rows: list[dict], ctx: TrainContext) -> EncodedSplit:
+    """Tokenise rows as the recipe's data section says (length and truncation)."""
+    data = ctx.recipe.data
+    return EncodedSplit(rows, ctx.tokenizer, data.max_length, data.truncation, data.head_tokens)
+
+
+def test_metrics(ctx: TrainContext, split: EncodedSplit) -> dict[str, float]:
+    """Metrics of the current model (ctx.model, after a fit) on a labelled split."""
+    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
+    loader = ctx.accelerator.prepare(eval_loader(split, ctx.recipe.train.eval_batch_size, collate))
+    return evaluate(ctx.model, loader, ctx.accelerator, ctx.num_labels)["metrics"]
+
+
+def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, splits: dict[str, list[dict]],
+                  test: dict | None, dev: dict | None, params: dict[str, int], **details: Any) -> dict[str, Any]:
+    """The result.json every stage writes: what ran on what, its metrics, and the environment."""
+    return {
+        "status": "ok",
+        "task": task.name,
+        "task_dir": str(Path(task_dir).resolve()),
+        "data_files": {k: str(v.resolve()) for k, v in task.files.items()},
+        "num_labels": task.num_labels,
+        "label_names": task.label_names,
+        "sizes": {name: len(rows) for name, rows in splits.items()},
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "test": test,
+        "dev": dev,
+        **details,
+        "parameters": params,
+        "versions": versions(),
+        "machine": machine(),
+        "git": git_commit(),
+    }
+
+
 def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = False, save_model: bool = False, resume: bool = False) -> dict[str, Any]:
     """Fine-tune `recipe` on a task folder and write the run folder; return the result dict.
@@ -102,8 +138,7 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     tokenizer, params = ctx.tokenizer, count_parameters(model)
 
     collate = PadCollator(tokenizer.pad_token_id or 0)
-    encoded = {name: EncodedSplit(rows, tokenizer, recipe.data.max_length, recipe.data.truncation,
-                                  recipe.data.head_tokens) for name, rows in splits.items()}
+    encoded = {name: encode(rows, ctx) for name, rows in splits.items()}
     cfg = recipe.train
     loader = train_loader(encoded["train"], cfg.batch_size, seed, collate)
     dev = eval_loader(encoded["dev"], cfg.eval_batch_size, collate) if "dev" in encoded else None
@@ -111,40 +146,19 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     try:
         fitted = fit(model, techniques, ctx, loader, dev, cfg, log, progress=progress,
                      checkpoint_dir=out / "checkpoint", resume=resume)
-        test_metrics, eval_seconds = None, 0.0
+        test, eval_seconds = None, 0.0
         if "test" in encoded:
             start = time.perf_counter()
-            test_loader = ctx.accelerator.prepare(eval_loader(encoded["test"], cfg.eval_batch_size, collate))
-            test_metrics = evaluate(ctx.model, test_loader, ctx.accelerator, task.num_labels)["metrics"]
+            test = test_metrics(ctx, encoded["test"])
             eval_seconds = time.perf_counter() - start
-            log.write({"type": "eval", "split": "test", "step": fitted.steps, **test_metrics})
+            log.write({"type": "eval", "split": "test", "step": fitted.steps, **test})
     finally:
         log.close()
 
-    result = {
-        "status": "ok",
-        "task": task.name,
-        "task_dir": str(Path(task_dir).resolve()),
-        "data_files": {k: str(v.resolve()) for k, v in task.files.items()},
-        "num_labels": task.num_labels,
-        "label_names": task.label_names,
-        "sizes": {name: len(rows) for name, rows in splits.items()},
-        "recipe": recipe.to_dict(),
-        "seed": seed,
-        "test": test_metrics,
-        "dev": fitted.best_dev,
-        "dev_history": fitted.dev_history,
-        "best_epoch": fitted.best_epoch,
-        "steps": fitted.steps,
-        "epochs_run": fitted.epochs_run,
-        "stopped_early": fitted.stopped_early,
-        "train_seconds": round(fitted.train_seconds, 3),
-        "eval_seconds": round(eval_seconds, 3),
-        "parameters": params,
-        "versions": versions(),
-        "machine": machine(),
-        "git": git_commit(),
-    }
+    result = result_record(recipe, task, task_dir, seed, splits, test, fitted.best_dev, params,
+                           dev_history=fitted.dev_history, best_epoch=fitted.best_epoch, steps=fitted.steps,
+                           epochs_run=fitted.epochs_run, stopped_early=fitted.stopped_early,
+                           train_seconds=round(fitted.train_seconds, 3), eval_seconds=round(eval_seconds, 3))
     if ctx.accelerator.is_main_process:
         write_json_atomic(out / "result.json", result)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)  # finished: ~3x the model size, no longer needed

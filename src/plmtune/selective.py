@@ -28,8 +28,7 @@ def _task_model(task_dir: Path, data: DataConfig, backbone: str, seed: int):
     from .config import load_recipe
     from .data import PadCollator, eval_loader, load_task, train_loader
     from .engine.loop import MetricLog, fit
-    from .run import build_model_and_data
-    from .selftrain import _encode
+    from .run import build_model_and_data, encode
     from .technique import TrainContext
 
     recipe = load_recipe("baseline", [f"model.backbone={backbone}"])
@@ -37,10 +36,17 @@ def _task_model(task_dir: Path, data: DataConfig, backbone: str, seed: int):
     ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
     model, splits = build_model_and_data(recipe, dict(task.splits), [], ctx)
     collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
-    dev = eval_loader(_encode(splits["dev"], ctx), 64, collate) if "dev" in splits else None
-    fit(model, [], ctx, train_loader(_encode(splits["train"], ctx), recipe.train.batch_size, seed, collate), dev,
+    dev = eval_loader(encode(splits["dev"], ctx), 64, collate) if "dev" in splits else None
+    fit(model, [], ctx, train_loader(encode(splits["train"], ctx), recipe.train.batch_size, seed, collate), dev,
         recipe.train, MetricLog(None))
     return ctx.bare_model().cpu().eval(), ctx.tokenizer, splits["train"]
+
+
+def _pad(sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists (id 0) into input_ids and attention_mask."""
+    width = max(len(s) for s in sequences)
+    return {"input_ids": torch.tensor([s + [0] * (width - len(s)) for s in sequences]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])}
 
 
 @torch.inference_mode()
@@ -48,10 +54,7 @@ def leave_one_out_scores(model: Any, ids: list[int], label: int, special: set[in
     """For each token: P(label | text) − P(label | text without that token); 0 for special tokens."""
     positions = [i for i, t in enumerate(ids) if t not in special]
     variants = [ids] + [ids[:i] + ids[i + 1:] for i in positions]
-    width = max(len(v) for v in variants)
-    input_ids = torch.tensor([v + [0] * (width - len(v)) for v in variants])
-    mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants])
-    probs = model(input_ids=input_ids, attention_mask=mask)["logits"].float().softmax(-1)[:, label]
+    probs = model(**_pad(variants))["logits"].float().softmax(-1)[:, label]
     scores = [0.0] * len(ids)
     for j, i in enumerate(positions):
         scores[i] = float(probs[0] - probs[j + 1])
@@ -71,10 +74,7 @@ def _states(encoder: Any, sequences: list[list[int]], batch: int = 64) -> list[t
     out = []
     for start in range(0, len(sequences), batch):
         chunk = sequences[start:start + batch]
-        width = max(len(s) for s in chunk)
-        ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
-        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = encoder(**_pad(chunk)).last_hidden_state
         out += [hidden[i, :len(s)] for i, s in enumerate(chunk)]
     return out
 

@@ -42,12 +42,12 @@ from accelerate.utils import set_seed
 
 from .config import Recipe
 from .data import EncodedSplit, PadCollator, eval_loader, load_task, read_rows, train_loader
-from .engine.loop import MetricLog, evaluate, fit, make_accelerator
+from .engine.loop import MetricLog, fit, make_accelerator, predict
 from .errors import DataError
 from .reweight import meta_weights_from_graph, sharpen, soft_target_loss
-from .run import build_model_and_data, prepare_out_dir, recipe_to_yaml, write_json_atomic
 from .models import count_parameters
-from .provenance import git_commit, machine, versions
+from .run import (build_model_and_data, encode, prepare_out_dir, recipe_to_yaml, result_record, test_metrics,
+                  write_json_atomic)
 from .technique import Technique, TrainContext, build_techniques
 
 
@@ -143,42 +143,10 @@ def model_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-@torch.inference_mode()
 def predict_probs(ctx: TrainContext, split: EncodedSplit, batch_size: int) -> torch.Tensor:
     """Row-ordered class probabilities of the current model on `split` (labels not needed)."""
-    accelerator, model = ctx.accelerator, ctx.model
-    model.eval()
-    loader = accelerator.prepare(eval_loader(split, batch_size, PadCollator(ctx.tokenizer.pad_token_id or 0)))
-    indices, probs = [], []
-    for batch in loader:
-        with accelerator.autocast():
-            logits = model(**batch)["logits"].float()
-        index, logits = accelerator.gather_for_metrics((batch["index"], logits))
-        indices.append(index.cpu())
-        probs.append(logits.softmax(-1).cpu())
-    return torch.cat(probs)[torch.cat(indices).argsort()]
-
-
-def _encode(rows: list[dict], ctx: TrainContext) -> EncodedSplit:
-    data = ctx.recipe.data
-    return EncodedSplit(rows, ctx.tokenizer, data.max_length, data.truncation, data.head_tokens)
-
-
-def _test(ctx: TrainContext, encoded: dict[str, EncodedSplit]) -> dict[str, float] | None:
-    if "test" not in encoded:
-        return None
-    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
-    loader = ctx.accelerator.prepare(eval_loader(encoded["test"], ctx.recipe.train.eval_batch_size, collate))
-    return evaluate(ctx.model, loader, ctx.accelerator, ctx.num_labels)["metrics"]
-
-
-def _result(recipe: Recipe, task: Any, task_dir: Path, seed: int, splits: dict, params: dict, test: Any,
-            dev: Any, seconds: float, stage: dict) -> dict[str, Any]:
-    return {"status": "ok", "task": task.name, "task_dir": str(Path(task_dir).resolve()),
-            "data_files": {k: str(v.resolve()) for k, v in task.files.items()}, "num_labels": task.num_labels,
-            "label_names": task.label_names, "sizes": {n: len(r) for n, r in splits.items()},
-            "recipe": recipe.to_dict(), "seed": seed, "test": test, "dev": dev, "train_seconds": round(seconds, 3),
-            "parameters": params, **stage, "versions": versions(), "machine": machine(), "git": git_commit()}
+    loader = ctx.accelerator.prepare(eval_loader(split, batch_size, PadCollator(ctx.tokenizer.pad_token_id or 0)))
+    return predict(ctx.model, loader, ctx.accelerator)[0].softmax(-1)
 
 
 def _start(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None):
@@ -208,7 +176,7 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
     techniques = build_techniques(recipe)
     ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
     model, splits = build_model_and_data(recipe, {**task.splits, "unlabeled": pool}, techniques, ctx)
-    encoded = {name: _encode(rows, ctx) for name, rows in splits.items()}
+    encoded = {name: encode(rows, ctx) for name, rows in splits.items()}
     collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
     dev = eval_loader(encoded["dev"], recipe.train.eval_batch_size, collate) if "dev" in encoded else None
     labelled = train_loader(encoded["train"], recipe.train.batch_size, seed, collate)
@@ -225,8 +193,8 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
         if saved is None:
             log.tags = {"stage": "teacher", "iteration": 0}
             fitted = fit(model, techniques, ctx, labelled, dev, recipe.train, log, progress=progress)
-            best = _finish_iteration(0, fitted.best_dev, ctx, model, encoded, history, best, {})
-            _save(state_file, 0, model, ctx, history, best, start, main_process)
+            best = _finish_iteration(0, fitted.best_dev, ctx, encoded, history, best, {})
+            _save(state_file, 0, ctx, history, best, start, main_process)
         else:  # resumed: the saved teacher labels the pool next
             model.load_state_dict(saved["teacher"], strict=False)
             ctx.accelerator = make_accelerator(recipe.train)
@@ -242,7 +210,7 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
             loss = PseudoLabelLoss(cfg, int(cfg.kd_warmup * cfg.student_steps),
                                    train_loader(encoded["train"], cfg.labelled_batch_size, seed + iteration, collate))
             log.tags = {"stage": "student", "iteration": iteration}
-            fitted = fit(model, [*techniques, loss], ctx, train_loader(_encode(pseudo, ctx), cfg.batch_size,
+            fitted = fit(model, [*techniques, loss], ctx, train_loader(encode(pseudo, ctx), cfg.batch_size,
                                                                        seed + iteration, collate),
                          dev, student_cfg, log, progress=progress)
             if cfg.finish_on_labelled:
@@ -251,8 +219,8 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
             notes = {"pseudo_label_distribution": torch.bincount(probs.argmax(-1), minlength=ctx.num_labels).tolist(),
                      "zero_weight_share": (sum(loss.zero_weight_share) / len(loss.zero_weight_share))
                      if loss.zero_weight_share else None}
-            best = _finish_iteration(iteration, fitted.best_dev, ctx, model, encoded, history, best, notes)
-            _save(state_file, iteration, model, ctx, history, best, start, main_process)
+            best = _finish_iteration(iteration, fitted.best_dev, ctx, encoded, history, best, notes)
+            _save(state_file, iteration, ctx, history, best, start, main_process)
     finally:
         log.close()
 
@@ -270,16 +238,16 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
         memory["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     stage = {"self_training": {"iterations": history, "selected_iteration": chosen[0], "memory": memory,
                                "unlabeled_used": len(pool)}}
-    result = _result(recipe, task, task_dir, seed, {k: v for k, v in splits.items()}, count_parameters(model),
-                     chosen[2], chosen[1], time.perf_counter() - start, stage)
+    result = result_record(recipe, task, task_dir, seed, splits, chosen[2], chosen[1], count_parameters(model),
+                           train_seconds=round(time.perf_counter() - start, 3), **stage)
     if main_process:
         write_json_atomic(out / "result.json", result)
     return result
 
 
-def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, model: torch.nn.Module, encoded: dict,
-                      history: list[dict], best: Any, notes: dict) -> Any:
-    test = _test(ctx, encoded)
+def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, encoded: dict, history: list[dict], best: Any,
+                      notes: dict) -> Any:
+    test = test_metrics(ctx, encoded["test"]) if "test" in encoded else None
     history.append({"iteration": iteration, "dev": dev, "test": test, **notes})
     metric = ctx.recipe.train.select_metric
     if best is None or dev is None or (dev[metric], -dev["loss"]) > (best[1][metric], -best[1]["loss"]):
@@ -287,8 +255,8 @@ def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, model: torch.
     return best
 
 
-def _save(path: Path, iteration: int, model: torch.nn.Module, ctx: TrainContext, history: list[dict], best: Any,
-          start: float, main_process: bool) -> None:
+def _save(path: Path, iteration: int, ctx: TrainContext, history: list[dict], best: Any, start: float,
+          main_process: bool) -> None:
     if not main_process:
         return
     tmp = path.with_suffix(".tmp")
@@ -333,13 +301,13 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
                                        "be deterministic for self-distillation")
                 splits["train"] = [{**row, "soft_labels": p.tolist()} for row, p in zip(splits["train"], soft)]
                 techniques = [*techniques, SoftTargetLoss(cfg)]
-            encoded = {name: _encode(rows, ctx) for name, rows in splits.items()}
+            encoded = {name: encode(rows, ctx) for name, rows in splits.items()}
             collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
             dev = eval_loader(encoded["dev"], recipe.train.eval_batch_size, collate) if "dev" in encoded else None
             log.tags = {"stage": "teacher" if round_ == 0 else "student", "round": round_}
             fitted = fit(model, techniques, ctx, train_loader(encoded["train"], recipe.train.batch_size, seed, collate),
                          dev, recipe.train, log, progress=progress)
-            rounds.append({"round": round_, "dev": fitted.best_dev, "test": _test(ctx, encoded)})
+            rounds.append({"round": round_, "dev": fitted.best_dev, "test": test_metrics(ctx, encoded["test"]) if "test" in encoded else None})
             if round_ < cfg.rounds:
                 soft = sharpen(predict_probs(ctx, encoded["train"], recipe.train.eval_batch_size), cfg.temperature)
             params = count_parameters(model)
@@ -347,8 +315,9 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
     finally:
         log.close()
     last = rounds[-1]
-    result = _result(recipe, task, task_dir, seed, splits, params, last["test"], last["dev"],
-                     time.perf_counter() - start, {"self_distillation": {"rounds": rounds}})
+    result = result_record(recipe, task, task_dir, seed, splits, last["test"], last["dev"], params,
+                           train_seconds=round(time.perf_counter() - start, 3),
+                           self_distillation={"rounds": rounds})
     if main_process:
         write_json_atomic(out / "result.json", result)
     return result

@@ -82,20 +82,25 @@ def _loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tenso
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any, num_labels: int) -> dict[str, Any]:
-    """Metrics and row-ordered predictions/probabilities over a whole split."""
+def predict(model: torch.nn.Module, loader: Any, accelerator: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row-ordered logits over a whole split (gathered from every process), and the labels if it has them."""
     model.eval()
     indices, logits_all, labels_all = [], [], []
     for batch in loader:
         with accelerator.autocast():
             logits = model(**batch)["logits"].float()
-        index, logits, labels = accelerator.gather_for_metrics((batch["index"], logits, batch["labels"]))
+        parts = (batch["index"], logits) + ((batch["labels"],) if "labels" in batch else ())
+        index, logits, *labels = accelerator.gather_for_metrics(parts)
         indices.append(index.cpu())
         logits_all.append(logits.cpu())
-        labels_all.append(labels.cpu())
+        labels_all += [t.cpu() for t in labels]
     order = torch.cat(indices).argsort()
-    logits = torch.cat(logits_all)[order]
-    labels = torch.cat(labels_all)[order]
+    return torch.cat(logits_all)[order], torch.cat(labels_all)[order] if labels_all else None
+
+
+def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any, num_labels: int) -> dict[str, Any]:
+    """Metrics and row-ordered predictions/probabilities over a whole split."""
+    logits, labels = predict(model, loader, accelerator)
     metrics = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), num_labels)
     metrics["loss"] = float(F.cross_entropy(logits, labels))
     return {"metrics": metrics, "probs": logits.softmax(-1).numpy(), "labels": labels.numpy()}

@@ -120,7 +120,7 @@ class Adapters(Technique):
 
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         cfg = self.config
-        _, prefix, encoder = backbone(model)
+        encoder = backbone(model)[2]
         hidden = encoder.config.hidden_size
         points = attachment_points(encoder, list(cfg.places))
         model.adapters = nn.ModuleDict({name: Bottleneck(hidden, cfg.size, cfg.activation, cfg.init_std)

@@ -102,7 +102,12 @@ def render(row: dict, template: str, tokenizer: Any, max_length: int) -> str:
     """The row's text through the template, with text fields cut so the whole fits `max_length`."""
     fields = {name: row[name] for name in ("text", "text_pair") if name in row and f"{{{name}}}" in template}
     ids = {name: tokenizer(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
-    skeleton = SLOT.sub(lambda m: tokenizer.mask_token if (m.group(1) or "mask") == "mask" else "", template)
+
+    def fill(values: dict[str, str]) -> str:
+        return SLOT.sub(lambda m: tokenizer.mask_token if (m.group(1) or "mask") == "mask" else values[m.group(1)],
+                        template)
+
+    skeleton = fill(dict.fromkeys(("text", "text_pair"), ""))
     overhead = len(tokenizer(skeleton)["input_ids"])  # template words + special tokens
     excess = overhead + sum(len(v) for v in ids.values()) - max_length
     if excess > sum(len(v) for v in ids.values()):
@@ -114,8 +119,7 @@ def render(row: dict, template: str, tokenizer: Any, max_length: int) -> str:
             keep[max(keep, key=keep.get)] -= 1
         fields = {name: tokenizer.decode(ids[name][:keep[name]]) if keep[name] < len(ids[name]) else text
                   for name, text in fields.items()}
-    return SLOT.sub(lambda m: tokenizer.mask_token if (m.group(1) or "mask") == "mask" else fields[m.group(1)],
-                    template)
+    return fill(fields)
 
 
 class PromptClassifier(nn.Module):
