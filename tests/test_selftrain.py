@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from plmtune.config import load_recipe
 from plmtune.models import SequenceClassifier, tiny_bert
-from plmtune.reweight import meta_weights, meta_weights_by_virtual_step, meta_weights_from_graph
+from plmtune.per_example import PerExampleGradients
+from plmtune.reweight import meta_weights, meta_weights_by_virtual_step, meta_weights_from_graph, reweighted_loss
 
 
 def _batch(n, flip=0, seed=0):
@@ -34,6 +35,14 @@ def _trained_tiny_model():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return model
+
+
+def _freeze_embeddings(model):
+    """As the encoder is frozen in LiST: what trains is all Linear/LayerNorm (the one-backward route)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.weight.requires_grad_(False)
     return model
 
 
@@ -69,6 +78,53 @@ def test_closed_form_equals_the_literal_virtual_step():
                                   pseudo["labels"], reduction="none")
     assert torch.allclose(meta_weights_from_graph(model, per_example, labelled), reference, atol=1e-5)
     per_example.sum().backward()  # the training step's own backward still works afterwards
+
+
+def test_one_backward_reweighting_equals_the_literal_virtual_step_and_trains_with_its_weights():
+    model = _freeze_embeddings(_trained_tiny_model())
+    pseudo, labelled = _batch(12, flip=4, seed=5), _batch(8, seed=6)
+    reference = meta_weights_by_virtual_step(model, pseudo, labelled)
+    capture = PerExampleGradients(model)
+    per_example = F.cross_entropy(model(**{k: v for k, v in pseudo.items() if k != "labels"})["logits"],
+                                  pseudo["labels"], reduction="none")
+    expected = torch.autograd.grad((reference * per_example).sum(),
+                                   [p for p in model.parameters() if p.requires_grad], retain_graph=True)
+    loss, weights = reweighted_loss(capture, model, per_example, labelled)
+    assert torch.allclose(weights, reference, atol=1e-5)
+    model.zero_grad(set_to_none=True)  # the pre-training loop left its last gradients
+    assert weights[:4].sum() < weights[4:].sum()  # the flipped rows lose weight
+    loss.backward()
+    for p, e in zip([p for p in model.parameters() if p.requires_grad], expected):
+        assert torch.allclose(p.grad, e, rtol=1e-3, atol=1e-6)
+
+
+def test_pseudo_label_loss_routes_agree_and_leave_the_shared_encoder_as_found():
+    # one_backward=None takes the per-example-capture route; False the reverse-over-reverse one.
+    from plmtune.selftrain import PseudoLabelLoss
+    from plmtune.technique import TrainContext
+
+    config = load_recipe("list").self_training
+    pseudo, labelled = _batch(12, flip=4, seed=5), _batch(8, seed=6)
+    grads, losses = [], []
+    for one_backward in (None, False):
+        model = _freeze_embeddings(_trained_tiny_model())
+        model.zero_grad(set_to_none=True)
+        ctx = TrainContext(recipe=load_recipe("list"), seed=0, num_labels=2, model=model)
+        hook = PseudoLabelLoss(config, warmup_steps=0, labelled_loader=[labelled], one_backward=one_backward)
+        hook.on_fit_start(ctx)
+        assert (hook._capture is not None) == (one_backward is None)
+        per_example = F.cross_entropy(model(**{k: v for k, v in pseudo.items() if k != "labels"})["logits"],
+                                      pseudo["labels"], reduction="none")
+        loss = hook.adjust_loss(per_example.mean(), {"per_example_loss": per_example}, pseudo, ctx)
+        loss.backward()
+        hook.on_fit_end(ctx)
+        assert all(not m._forward_hooks for m in model.modules())
+        assert model.encoder.config._attn_implementation != "eager"
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
 def _toy_with_pool(toy_task, n=24):
@@ -129,6 +185,8 @@ def test_self_training_resumes_at_the_interrupted_iteration(toy_task, tmp_path, 
         selftrain.run_self_training(_list_recipe(), task, out, seed=3)
     assert not (out / "result.json").exists()
     assert torch.load(out / "self_training" / "state.pt", weights_only=False)["iteration"] == 1
+    with (out / "metrics.jsonl").open("a") as log:  # records of the lost iteration, the last one torn by the kill
+        log.write('{"type": "train", "iteration": 2, "step": 1, "loss": 0.5}\n{"type": "tra')
 
     real_fit = selftrain.fit
 
@@ -141,8 +199,9 @@ def test_self_training_resumes_at_the_interrupted_iteration(toy_task, tmp_path, 
     result = selftrain.run_self_training(_list_recipe(), task, out, seed=3, resume=True)
     assert calls["fit"] == 2  # iteration 2 only: its student and the labelled finish; no teacher again
     assert [h["iteration"] for h in result["self_training"]["iterations"]] == [0, 1, 2]
-    iterations = [json.loads(x).get("iteration") for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert iterations == sorted(iterations)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r.get("iteration") for r in records]
+    assert iterations == sorted(iterations) and {"type": "train", "iteration": 2, "step": 1, "loss": 0.5} not in records
 
 
 def test_self_distillation_trains_a_student_on_soft_labels(toy_task, tmp_path, tiny_backbone, monkeypatch):

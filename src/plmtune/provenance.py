@@ -34,6 +34,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak resident memory so far (MiB), and the peak CUDA allocation where used."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mb = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": round(rss_mb, 1), "peak_cuda_mb": None if cuda is None else round(cuda, 1)}
+
+
 def _cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -11,7 +11,7 @@ An example whose gradient points the same way as the labelled data's gets weight
 would push the model away from the labelled data (a wrong pseudo-label, typically) gets none.
 Everything runs through ``torch.func`` over the trainable parameters only — the adapters,
 LayerNorms and head when the encoder is frozen; the frozen encoder is read, never differentiated
-with respect to. Two implementations of the same quantity:
+with respect to. Four implementations of the same quantity:
 
 * :func:`meta_weights_by_virtual_step` is the algorithm as written: ``grad`` of a function that
   itself takes a ``grad`` (the virtual step), i.e. a second-order pass. About 4× a plain step.
@@ -21,17 +21,20 @@ with respect to. Two implementations of the same quantity:
   approximation. It costs one gradient of the labelled batch (``grad``) and one forward-mode
   pass over the pseudo-labelled batch along that gradient (``jvp``), which yields every
   ⟨∇l_i, ∇L⟩ at once.
-* :func:`meta_weights_from_graph` (used in training) computes the same inner products from the
-  training step's own forward pass instead of a new one: with u = 1, h(u) = ∇θ Σ u_i·l_i keeps
-  its graph and ∂⟨h(u), ∇L⟩/∂u_i = ⟨∇l_i, ∇L⟩ (reverse over reverse). With the labelled
-  gradient from ``torch.func.grad`` this is the cheapest of the three (benchmarks/list_cost.py).
+* :func:`meta_weights_from_graph` computes the same inner products from the training step's own
+  forward pass instead of a new one: with u = 1, h(u) = ∇θ Σ u_i·l_i keeps its graph and
+  ∂⟨h(u), ∇L⟩/∂u_i = ⟨∇l_i, ∇L⟩ (reverse over reverse).
+* :func:`reweighted_loss` (used in training when every trainable parameter is a Linear or
+  LayerNorm parameter — adapters, LayerNorms, heads) gets ⟨∇l_i, ∇L⟩ for all i *and* the weighted
+  gradient Σ w_i ∇l_i from one ordinary backward pass of the step (:mod:`plmtune.per_example`),
+  so a re-weighted step costs a plain step plus the labelled batch's gradient.
 
-Tests check that all three agree.
+Tests check that all four agree.
 
 α only scales g and cancels in the normalisation; it is kept for fidelity to the algorithm.
 SDPA's fused attention kernels lack double-backward and forward-mode rules, so attention runs on
-the math kernel inside these functions. Errors propagate: a failure here is a bug to see, not a
-batch to skip (LiST's code swallowed them).
+the math kernel inside the second-order and forward-mode functions. Errors propagate: a failure
+here is a bug to see, not a batch to skip (LiST's code swallowed them).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
+
+from .per_example import PerExampleGradients, surrogate_loss
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "features")
 
@@ -82,17 +87,35 @@ def meta_weights(model: torch.nn.Module, pseudo_batch: dict[str, torch.Tensor],
 
 def labelled_gradient(model: torch.nn.Module, labelled_batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """∇θ of the labelled batch's mean loss over the trainable parameters (torch.func.grad)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     params, losses = _setup(model)
-    with sdpa_kernel([SDPBackend.MATH]):
-        return grad(lambda theta: losses(theta, labelled_batch).mean())(params)
+    return grad(lambda theta: losses(theta, labelled_batch).mean())(params)
+
+
+def reweighted_loss(capture: PerExampleGradients, model: torch.nn.Module, per_example_loss: torch.Tensor,
+                    labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, weights): the meta weights and a loss whose backward gives Σ w_i ∇l_i.
+
+    `capture` recorded the forward pass that produced `per_example_loss`; its graph is consumed
+    here by one backward pass, and the returned loss carries the weighted gradient directly.
+    """
+    with capture.paused():
+        gradient = labelled_gradient(model, labelled_batch)
+    direction = {p: gradient[n] for n, p in model.named_parameters() if p.requires_grad}
+    capture.backward(per_example_loss)
+    weights = _normalise(-virtual_lr * capture.inner_products(direction).detach())
+    loss = surrogate_loss((weights * per_example_loss).sum(), capture.weighted_gradients(weights))
+    capture.clear()
+    return loss, weights
 
 
 def meta_weights_from_graph(model: torch.nn.Module, per_example_loss: torch.Tensor,
                             labelled_batch: dict[str, torch.Tensor], virtual_lr: float = 1e-3) -> torch.Tensor:
     """The same weights, from per-example losses whose autograd graph is still alive (kept alive)."""
-    gradient = labelled_gradient(model, labelled_batch)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        gradient = labelled_gradient(model, labelled_batch)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     u = torch.ones_like(per_example_loss, requires_grad=True)

@@ -22,7 +22,7 @@ from .config import Recipe, recipe_to_yaml
 from .data import EncodedSplit, PadCollator, eval_loader, load_task, train_loader
 from .engine.loop import MetricLog, evaluate, fit
 from .models import SequenceClassifier, count_parameters, load_backbone
-from .provenance import git_commit, machine, versions
+from .provenance import git_commit, machine, peak_memory, versions
 from .technique import TrainContext, build_techniques
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, sp
         "dev": dev,
         **details,
         "parameters": params,
+        "peak_memory": peak_memory(),
         "versions": versions(),
         "machine": machine(),
         "git": git_commit(),

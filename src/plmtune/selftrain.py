@@ -29,7 +29,6 @@ temperature T, then fine-tunes a fresh model on α·CE(hard) + (1−α)·T²·CE
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import shutil
@@ -42,9 +41,11 @@ from accelerate.utils import set_seed
 
 from .config import Recipe
 from .data import EncodedSplit, PadCollator, eval_loader, load_task, read_rows, train_loader
+from .engine.checkpoint import keep_log_records
 from .engine.loop import MetricLog, fit, make_accelerator, predict
 from .errors import DataError
-from .reweight import meta_weights_from_graph, sharpen, soft_target_loss
+from .per_example import PerExampleGradients, unsupported_parameters
+from .reweight import meta_weights_from_graph, reweighted_loss, sharpen, soft_target_loss
 from .models import count_parameters
 from .run import (build_model_and_data, encode, prepare_out_dir, recipe_to_yaml, result_record, test_metrics,
                   write_json_atomic)
@@ -56,10 +57,15 @@ class PseudoLabelLoss(Technique):
 
     name = "pseudo_label_loss"
 
-    def __init__(self, config: Any, warmup_steps: int, labelled_loader: Any):
+    def __init__(self, config: Any, warmup_steps: int, labelled_loader: Any, one_backward: bool | None = None):
         super().__init__(config)
         self.warmup_steps, self.labelled_loader, self._batches = warmup_steps, labelled_loader, None
+        # None: the one-backward re-weighting wherever the model allows it; False: always the
+        # reverse-over-reverse route (benchmarks compare the two)
+        self.one_backward = one_backward
         self._attention: str | None = None
+        self._capture: PerExampleGradients | None = None
+        self._verified = False
         self.zero_weight_share: list[float] = []  # per re-weighted batch: share of examples given no weight
 
     def _labelled_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
@@ -71,23 +77,44 @@ class PseudoLabelLoss(Technique):
         return {k: v.to(device) for k, v in batch.items()}
 
     def on_fit_start(self, ctx: TrainContext) -> None:
-        # Re-weighting differentiates the step's own forward pass twice; fused SDPA kernels have
-        # no double backward, so the encoder runs eager attention while this student trains.
-        self._attention = _set_attention(ctx.bare_model(), "eager") if self.config.reweight else None
+        if not self.config.reweight:
+            return
+        model = ctx.bare_model()
+        if self.one_backward is not False and not unsupported_parameters(model):  # one backward per step
+            self._capture, self._verified = PerExampleGradients(model), False
+        else:
+            # Reverse-over-reverse on the step's graph instead; fused SDPA kernels have no double
+            # backward, so the encoder runs eager attention while this student trains.
+            self._attention = _set_attention(model, "eager")
 
     def on_fit_end(self, ctx: TrainContext) -> None:
+        if self._capture is not None:
+            self._capture.remove()  # the encoder is shared with the next student: leave no hooks
+            self._capture = None
         if self._attention:
             _set_attention(ctx.bare_model(), self._attention)
+            self._attention = None
 
     def adjust_loss(self, loss: torch.Tensor, outputs: Any, batch: dict, ctx: TrainContext) -> torch.Tensor:
+        reweighting = self.config.reweight and ctx.step >= self.warmup_steps
+        if not reweighting and self._capture is not None:
+            self._capture.clear()  # recorded this step's forward; not needed
         if ctx.step < self.warmup_steps:  # consistency with the teacher, every example weighted equally
             return soft_target_loss(outputs["logits"], batch["soft_labels"]).mean()
         if not self.config.reweight:
             return loss
-        weights = meta_weights_from_graph(ctx.bare_model(), outputs["per_example_loss"],
-                                          self._labelled_batch(batch["labels"].device), self.config.virtual_lr)
+        model, per_example = ctx.bare_model(), outputs["per_example_loss"]
+        labelled = self._labelled_batch(batch["labels"].device)
+        if self._capture is None:
+            weights = meta_weights_from_graph(model, per_example, labelled, self.config.virtual_lr)
+            loss = (weights * per_example).sum()
+        else:
+            if not self._verified:  # once per student: the model's layers really allow the shortcut
+                self._capture.verify(model, per_example)
+                self._verified = True
+            loss, weights = reweighted_loss(self._capture, model, per_example, labelled, self.config.virtual_lr)
         self.zero_weight_share.append(float((weights == 0).float().mean()))
-        return (weights * outputs["per_example_loss"]).sum()
+        return loss
 
 
 def _set_attention(model: torch.nn.Module, implementation: str) -> str:
@@ -185,7 +212,8 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
     saved = torch.load(state_file, weights_only=False) if resume and state_file.is_file() else None
     log = MetricLog(out / "metrics.jsonl" if main_process else None)
     if saved and main_process:
-        _drop_log_after(out / "metrics.jsonl", saved["iteration"])
+        # keep the metrics of finished iterations only (an interrupted one is run again)
+        keep_log_records(out / "metrics.jsonl", lambda record: record.get("iteration", 0) <= saved["iteration"])
     history: list[dict] = saved["history"] if saved else []
     best = saved["best"] if saved else None  # (iteration, dev, test, trainable state) of the best teacher
     start = time.perf_counter() - (saved["seconds"] if saved else 0.0)
@@ -262,17 +290,6 @@ def _save(path: Path, iteration: int, ctx: TrainContext, history: list[dict], be
     tmp = path.with_suffix(".tmp")
     torch.save({"iteration": iteration, "teacher": trainable_state(ctx.bare_model(), ctx.frozen),
                 "history": history, "best": best, "seconds": time.perf_counter() - start}, tmp)
-    os.replace(tmp, path)
-
-
-def _drop_log_after(path: Path, iteration: int) -> None:
-    """Keep the metrics of finished iterations only (an interrupted one is run again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
 
 

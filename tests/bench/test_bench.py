@@ -77,6 +77,9 @@ def test_bench_skips_finished_runs_retries_broken_ones_records_failures_and_repo
     assert "6 runs, 0 already done, 6 ran, 2 failed" in first.stdout
     record = json.loads((out / "runs/sst2/k4/broken/seed-1/bench.json").read_text())
     assert record["status"] == "failed" and "/nonexistent/model" in record["error"]
+    for method in ("vanilla", "majority"):  # every run records its peak memory (a process runs the model: > 100 MiB)
+        memory = json.loads((out / f"runs/sst2/k4/{method}/seed-1/result.json").read_text())["peak_memory"]
+        assert memory["peak_rss_mb"] > 100 and "peak_cuda_mb" in memory
     # A run that crashed mid-way (no result.json) and the failed ones run again; the rest are skipped.
     (out / "runs/sst2/k4/vanilla/seed-2/result.json").unlink()
     second = bench()
@@ -86,6 +89,7 @@ def test_bench_skips_finished_runs_retries_broken_ones_records_failures_and_repo
     md = (out / "report.md").read_text()
     assert "## sst2, K=4" in md and "| majority | 2 |" in md and "(baseline)" in md
     assert "sst2 K=4 broken seed 1" in md
+    assert "| wall s | peak RSS MiB |" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DataConfig
 from ..data import load_task
 from ..metrics import classification_metrics
-from ..provenance import git_commit, machine, versions
+from ..provenance import git_commit, machine, peak_memory, versions
 
 PEERS = ("majority", "linear_probe", "setfit")
 
@@ -122,6 +122,6 @@ def run_peer(name: str, task_dir: str | Path, seed: int, backbone: str = "minilm
         "num_labels": task.num_labels, "seed": seed, "recipe": {"name": name, "peer": name, "backbone": backbone,
                                                                  **({"chosen": out["chosen"]} if "chosen" in out else {})},
         "test": metrics.get("test"), "dev": metrics.get("dev"), "train_seconds": round(seconds, 3),
-        "eval_seconds": 0.0, "parameters": out["parameters"], "versions": versions(), "machine": machine(),
-        "git": git_commit(),
+        "eval_seconds": 0.0, "parameters": out["parameters"], "peak_memory": peak_memory(),
+        "versions": versions(), "machine": machine(), "git": git_commit(),
     }

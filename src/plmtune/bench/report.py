@@ -39,6 +39,7 @@ def collect(out: Path) -> tuple[dict, list[dict], dict]:
         if record["status"] == "ok" and result_file.is_file():
             result = json.loads(result_file.read_text())
             result["_dir"] = str(record_file.parent)
+            result["_wall_seconds"] = record.get("seconds")  # the whole process, start-up included
             results[(record["task"], record["k"])][record["method"]][record["seed"]] = result
         else:
             failures.append(record)
@@ -79,10 +80,18 @@ def summarise(results: dict, baseline: str, methods: list[str]) -> list[dict[str
                 "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0, "mcc_mean": statistics.fmean(mcc),
                 "seconds": statistics.fmean(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0)
                                             for r in runs.values()),
+                "wall_seconds": _mean_of(r.get("_wall_seconds") for r in runs.values()),
+                "peak_mb": _mean_of((r.get("peak_memory") or {}).get("peak_rss_mb") for r in runs.values()),
                 "trainable": statistics.fmean(r["parameters"]["trainable"] for r in runs.values()),
                 "diff": diff,
             })
     return rows
+
+
+def _mean_of(values) -> float | None:
+    """Mean of the values present (runs from older versions lack some fields); None if none are."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
 
 
 def _pct(x: float) -> str:
@@ -97,15 +106,20 @@ def _diff_text(diff: dict | None) -> str:
     return f"{100 * diff['mean']:+.1f} [{100 * diff['lo']:+.1f}, {100 * diff['hi']:+.1f}] p={diff['p']:.2f}"
 
 
-COLUMNS = ("method", "seeds", "accuracy", "macro-F1", "MCC", "worst acc", "Δ acc vs baseline [95% CI]", "s/run",
-           "trainable")
+COLUMNS = ("method", "seeds", "accuracy", "macro-F1", "MCC", "worst acc", "Δ acc vs baseline [95% CI]",
+           "train+eval s", "wall s", "peak RSS MiB", "trainable")
 
 
 def _cells(r: dict) -> list[str]:
     """One summary row as the text of each column (the Markdown and HTML tables share it)."""
     return [r["method"], str(r["n"]), f"{_pct(r['acc_mean'])} ± {_pct(r['acc_std'])}",
             f"{_pct(r['f1_mean'])} ± {_pct(r['f1_std'])}", _pct(r["mcc_mean"]), _pct(r["acc_worst"]),
-            _diff_text(r["diff"]), f"{r['seconds']:.0f}", f"{r['trainable']:,.0f}"]
+            _diff_text(r["diff"]), f"{r['seconds']:.0f}", _number(r.get("wall_seconds")), _number(r.get("peak_mb")),
+            f"{r['trainable']:,.0f}"]
+
+
+def _number(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
 
 
 def _by_task(rows: list[dict]) -> list[tuple[str, int, list[dict]]]:

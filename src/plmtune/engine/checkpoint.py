@@ -15,7 +15,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -88,15 +88,24 @@ def restore_rng(rng: dict) -> None:
 
 def truncate_log(path: Path, step: int) -> None:
     """Drop metrics.jsonl records written after the checkpoint at `step` (they will be redone)."""
+    keep_log_records(path, lambda record: (record.get("type") == "train" and record["step"] <= step) or
+                     (record.get("type") == "eval" and record.get("split") == "dev" and record["step"] < step))
+
+
+def keep_log_records(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSONL log with the records `keep` accepts, atomically; a line cut short by a kill ends it."""
     if not path.is_file():
         return
-    keep = []
+    kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            break  # a line cut short by the kill
-        if (record.get("type") == "train" and record["step"] <= step) or \
-                (record.get("type") == "eval" and record.get("split") == "dev" and record["step"] < step):
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            break
+        if keep(record):
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -144,7 +144,9 @@ class PromptClassifier(nn.Module):
         state = hidden[at_mask]  # (batch, hidden), one row per example in batch order
         head = self.mlm_head
         transformed = head.norm(nn.functional.gelu(head.dense(state)))
-        logits = transformed @ head.decoder.weight[self.word_ids].T + head.decoder.bias[self.word_ids]
+        # Through the decoder's own forward (the full vocabulary, <1% of the encoder's cost), so that
+        # hooks on its layers — per-example gradients for LiST's re-weighting — see the bias in use.
+        logits = head.decoder(transformed)[:, self.word_ids]
         return {"logits": logits, "pooled": state}
 
     def save(self, directory: str | Path, tokenizer: Any = None) -> None:

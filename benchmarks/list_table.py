@@ -1,0 +1,73 @@
+"""LiST on the suite: teacher, student with and without meta re-weighting, vs plain fine-tuning.
+
+    python benchmarks/list_table.py BENCH [--k 16] [--list list_cpu] [--no-reweight list_cpu_no_reweight]
+
+Reads a bench folder holding the LiST runs and the baseline's on the same splits and seeds. The
+teacher is iteration 0 of the re-weighted runs (prompt + adapters on the K labelled rows); the
+student is the iteration `select` kept (the last, by default). Each Δ is paired over seeds, in
+points, with its 95% t-interval (▲/▼ where it excludes 0). Wall time is the whole process
+(teacher, pseudo-labelling, students, evaluations); memory is the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from plmtune.bench.report import collect, paired
+
+
+def _selected(result: dict) -> dict:
+    stage = result["self_training"]
+    chosen = stage.get("selected_iteration", stage["iterations"][-1]["iteration"])
+    return next(i for i in stage["iterations"] if i["iteration"] == chosen)["test"]
+
+
+def _cell(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 \
+        else (f"{100 * values[0]:.1f}" if values else "–")
+
+
+def _delta(a: dict, b: dict, metric: str) -> str:
+    common = sorted(set(a) & set(b))
+    d = paired([a[s][metric] - b[s][metric] for s in common])
+    if d["n"] < 2:
+        return "–"
+    mark = " ▲" if d["lo"] > 0 else (" ▼" if d["hi"] < 0 else "")
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{mark}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--list", default="list_cpu")
+    parser.add_argument("--no-reweight", default="list_cpu_no_reweight")
+    parser.add_argument("--baseline")
+    parser.add_argument("--metric", default="accuracy")
+    args = parser.parse_args()
+    results, _, suite = collect(args.bench)
+    baseline, m = args.baseline or suite["baseline"], args.metric
+    print(f"| task | {baseline} | teacher | LiST | LiST, no re-weighting | LiST − {baseline} | "
+          f"LiST − teacher | re-weighting − none | wall s / run (LiST, none) | peak RSS MiB (LiST) |")
+    print("|---" * 10 + "|")
+    for task in suite["tasks"]:
+        by_method = results.get((task, args.k), {})
+        runs, plain, base = by_method.get(args.list), by_method.get(args.no_reweight), by_method.get(baseline)
+        if not (runs and plain and base):
+            continue
+        teacher = {s: r["self_training"]["iterations"][0]["test"] for s, r in runs.items()}
+        student = {s: _selected(r) for s, r in runs.items()}
+        unweighted = {s: _selected(r) for s, r in plain.items()}
+        vanilla = {s: r["test"] for s, r in base.items()}
+        wall = [statistics.fmean(r["_wall_seconds"] for r in group.values()) for group in (runs, plain)]
+        peak = statistics.fmean(r.get("peak_memory", {}).get("peak_rss_mb") or float("nan") for r in runs.values())
+        print(f"| {task} | {_cell([v[m] for v in vanilla.values()])} | {_cell([v[m] for v in teacher.values()])} | "
+              f"{_cell([v[m] for v in student.values()])} | {_cell([v[m] for v in unweighted.values()])} | "
+              f"{_delta(student, vanilla, m)} | {_delta(student, teacher, m)} | {_delta(student, unweighted, m)} | "
+              f"{wall[0]:.0f}, {wall[1]:.0f} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
