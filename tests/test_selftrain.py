@@ -222,6 +222,35 @@ def test_self_distillation_trains_a_student_on_soft_labels(toy_task, tmp_path, t
     assert used and all(torch.allclose(s, torch.ones_like(s)) for s in used)  # teacher probabilities per row
 
 
+def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result(toy_task, tmp_path, tiny_backbone,
+                                                                                 monkeypatch):
+    from plmtune import selftrain
+
+    tiny_backbone()
+    recipe = load_recipe("self_distill", ["train.epochs=2", "train.lr=1e-3", "self_distillation.rounds=2"])
+    whole = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "whole", seed=1)
+    real_fit, calls = selftrain.fit, []
+
+    def crash_in_round_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(selftrain, "fit", crash_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1)
+    assert not (tmp_path / "run" / "result.json").exists()
+    calls.clear()
+    result = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
+    assert len(calls) == 1  # round 2 only
+    assert [r["round"] for r in result["self_distillation"]["rounds"]] == [0, 1, 2]
+    assert result["test"] == whole["test"]
+    rounds = [json.loads(x).get("round") for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == sorted(rounds) and rounds.count(2) == [
+        json.loads(x).get("round") for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()].count(2)
+
+
 @pytest.mark.slow
 def test_list_on_real_sst2_keeps_the_encoder_frozen_and_memory_near_one_model(tmp_path):
     from conftest import shared_dataset

@@ -24,6 +24,8 @@ After each iteration the teacher's trainable state is written atomically to
 **Self-distillation** (seeds: 自蒸馏; Furlanello et al. 2018). A recipe with
 ``self_distillation:`` fine-tunes, takes the model's soft labels on the training rows at
 temperature T, then fine-tunes a fresh model on α·CE(hard) + (1−α)·T²·CE(soft_T), ``rounds`` times.
+After each round its metrics and the soft labels for the next are written atomically to
+``self_distillation/state.pt``; ``--resume`` continues at the next round.
 """
 
 from __future__ import annotations
@@ -285,11 +287,14 @@ def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, encoded: dict
 
 def _save(path: Path, iteration: int, ctx: TrainContext, history: list[dict], best: Any, start: float,
           main_process: bool) -> None:
-    if not main_process:
-        return
+    if main_process:
+        _save_atomic(path, {"iteration": iteration, "teacher": trainable_state(ctx.bare_model(), ctx.frozen),
+                            "history": history, "best": best, "seconds": time.perf_counter() - start})
+
+
+def _save_atomic(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"iteration": iteration, "teacher": trainable_state(ctx.bare_model(), ctx.frozen),
-                "history": history, "best": best, "seconds": time.perf_counter() - start}, tmp)
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -301,13 +306,22 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
     """Fine-tune, then fine-tune fresh models on the previous one's soft labels (see the docstring)."""
     cfg = recipe.self_distillation
     seed, out, task_dir, task, main_process = _start(recipe, task_dir, out, seed)
+    state_file = out / "self_distillation" / "state.pt"
     if main_process:
-        prepare_out_dir(out, resume=False)  # rounds are short; an interrupted run starts again
+        prepare_out_dir(out, resume)
+        if not resume:
+            shutil.rmtree(out / "self_distillation", ignore_errors=True)
+        (out / "self_distillation").mkdir(exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    # A finished round leaves its metrics and the soft labels for the next one: all a resume needs.
+    saved = torch.load(state_file, weights_only=False) if resume and state_file.is_file() else None
+    if saved and main_process:
+        keep_log_records(out / "metrics.jsonl", lambda record: record.get("round", 0) < len(saved["rounds"]))
     log = MetricLog(out / "metrics.jsonl" if main_process else None)
-    rounds, soft, start = [], None, time.perf_counter()
+    rounds, soft = (saved["rounds"], saved["soft"]) if saved else ([], None)
+    start = time.perf_counter() - (saved["seconds"] if saved else 0.0)
     try:
-        for round_ in range(cfg.rounds + 1):  # round 0 is the plain teacher
+        for round_ in range(len(rounds), cfg.rounds + 1):  # round 0 is the plain teacher
             set_seed(seed)
             techniques = build_techniques(recipe)
             ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
@@ -327,10 +341,17 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
             rounds.append({"round": round_, "dev": fitted.best_dev, "test": test_metrics(ctx, encoded["test"]) if "test" in encoded else None})
             if round_ < cfg.rounds:
                 soft = sharpen(predict_probs(ctx, encoded["train"], recipe.train.eval_batch_size), cfg.temperature)
+            if main_process:
+                _save_atomic(state_file, {"rounds": rounds, "soft": soft, "seconds": time.perf_counter() - start})
             params = count_parameters(model)
             del model, ctx  # the next round loads a fresh model; never two at once
     finally:
         log.close()
+    if saved and len(saved["rounds"]) == cfg.rounds + 1:  # every round had finished: only the record is missing
+        techniques = build_techniques(recipe)
+        ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
+        model, splits = build_model_and_data(recipe, dict(task.splits), techniques, ctx)
+        params = count_parameters(model)
     last = rounds[-1]
     result = result_record(recipe, task, task_dir, seed, splits, last["test"], last["dev"], params,
                            train_seconds=round(time.perf_counter() - start, 3),

@@ -37,6 +37,17 @@ def test_noise_masks_and_fisher_agree_on_both_ranks(tmp_path):
     assert r0["d_mask"] == r0["single_process_d_mask"]
 
 
+def test_one_backward_meta_reweighting_syncs_the_weighted_gradient_across_ranks(tmp_path):
+    proc = _torchrun(HERE / "check_reweight.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["weights"] != r1["weights"]  # each rank weighs its own pseudo-labelled batch
+    assert r0["weights_equal"] and r1["weights_equal"]  # the same weights with and without DDP
+    assert r0["grad_digest"] == pytest.approx(r1["grad_digest"], rel=1e-6)  # DDP averaged the gradients
+    assert r0["worst_vs_reference"] < 1e-6 and r1["worst_vs_reference"] < 1e-6
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(toy_task, tmp_path):
     common = ["--data", toy_task, "--seed", "3", "--save-model", "--set", "train.epochs=2",
               "--set", "model.dropout=0.0", "--set", "model.encoder_dropout=0.0",
