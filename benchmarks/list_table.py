@@ -4,7 +4,8 @@
 
 Reads a bench folder holding the LiST runs and the baseline's on the same splits and seeds. The
 teacher is iteration 0 of the re-weighted runs (prompt + adapters on the K labelled rows); the
-student is the iteration `select` kept (the last, by default). Each Δ is paired over seeds, in
+student is the last iteration (the paper's rule and `select: last`, the default; training does not
+depend on `select`, so runs made under `best_dev` are read the same way). Each Δ is paired over seeds, in
 points, with its 95% t-interval (▲/▼ where it excludes 0). Wall time is the whole process
 (teacher, pseudo-labelling, students, evaluations); memory is the process's peak RSS.
 """
@@ -18,10 +19,8 @@ from pathlib import Path
 from plmtune.bench.report import collect, paired
 
 
-def _selected(result: dict) -> dict:
-    stage = result["self_training"]
-    chosen = stage.get("selected_iteration", stage["iterations"][-1]["iteration"])
-    return next(i for i in stage["iterations"] if i["iteration"] == chosen)["test"]
+def _last(result: dict) -> dict:
+    return result["self_training"]["iterations"][-1]["test"]
 
 
 def _cell(values: list[float]) -> str:
@@ -58,15 +57,16 @@ def main() -> None:
         if not (runs and plain and base):
             continue
         teacher = {s: r["self_training"]["iterations"][0]["test"] for s, r in runs.items()}
-        student = {s: _selected(r) for s, r in runs.items()}
-        unweighted = {s: _selected(r) for s, r in plain.items()}
+        student = {s: _last(r) for s, r in runs.items()}
+        unweighted = {s: _last(r) for s, r in plain.items()}
         vanilla = {s: r["test"] for s, r in base.items()}
         wall = [statistics.fmean(r["_wall_seconds"] for r in group.values()) for group in (runs, plain)]
-        peak = statistics.fmean(r.get("peak_memory", {}).get("peak_rss_mb") or float("nan") for r in runs.values())
+        peaks = [(r.get("peak_memory") or {}).get("peak_rss_mb") for r in runs.values()]
+        peak = f"{statistics.fmean(peaks):.0f}" if all(peaks) else "–"  # runs before peak memory was recorded
         print(f"| {task} | {_cell([v[m] for v in vanilla.values()])} | {_cell([v[m] for v in teacher.values()])} | "
               f"{_cell([v[m] for v in student.values()])} | {_cell([v[m] for v in unweighted.values()])} | "
               f"{_delta(student, vanilla, m)} | {_delta(student, teacher, m)} | {_delta(student, unweighted, m)} | "
-              f"{wall[0]:.0f}, {wall[1]:.0f} | {peak:.0f} |")
+              f"{wall[0]:.0f}, {wall[1]:.0f} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,40 @@ def test_pretraining_lowers_heldout_loss_and_saves_a_backbone_with_its_head(tmp_
     assert again["fingerprint"] == record["fingerprint"] and again["seconds"] == record["seconds"]  # reused
 
 
+@pytest.mark.parametrize("masking", ["dynamic", "static"])
+def test_interrupted_pretraining_resumes_mid_epoch_and_ends_as_if_never_stopped(tmp_path, tiny_pretrain, monkeypatch,
+                                                                                 masking):
+    from safetensors.torch import load_file
+
+    from plmtune import pretrain as pretrain_module
+
+    texts = [f"the {w} sat on a {v} today" for w in ("cat", "dog", "cup", "pen", "owl") for v in ("mat", "bed")] * 4
+    # 38 training texts at batch 8: 5 batches an epoch, so the checkpoint at step 6 is mid-epoch
+    cfg = PretrainConfig(max_steps=10, batch_size=8, lr=3e-3, eval_every=3, patience=0, heldout=0.05,
+                         masking=masking, copies=2)
+    whole = pretrain(cfg, "minilm", texts, tmp_path / "whole", seed=0)
+    real_loss, calls = pretrain_module._heldout_loss, []
+
+    def crash_at_the_third_evaluation(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_loss(*args)
+
+    monkeypatch.setattr(pretrain_module, "_heldout_loss", crash_at_the_third_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, "minilm", texts, tmp_path / "run", seed=0)
+    assert not (tmp_path / "run" / "pretrain.json").exists() and (tmp_path / "run" / "checkpoint").is_dir()
+    calls.clear()
+    monkeypatch.setattr(pretrain_module, "_heldout_loss", lambda *a: (calls.append(1), real_loss(*a))[1])
+    resumed = pretrain(cfg, "minilm", texts, tmp_path / "run", seed=0)
+    assert len(calls) == 2  # steps 9 and 10 only: the evaluations at 3 and 6 came from the checkpoint
+    assert resumed["history"] == whole["history"] and resumed["steps"] == 10
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    a, b = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stop_rule_stops_when_heldout_loss_stops_improving(tmp_path, tiny_pretrain):
     texts = [f"sentence {i} about {w}" for i in range(20) for w in ("rain", "sun")]
     cfg = PretrainConfig(max_steps=200, batch_size=8, lr=0.9, eval_every=2, patience=2)  # diverges fast

@@ -117,6 +117,14 @@ class MaskingCollator:
         inputs[to_random] = torch.randint(len(self.tokenizer), (int(to_random.sum()),), generator=generator)
         return inputs.tolist(), labels.tolist()
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the next masks depend on (static copies are rebuilt from the seed on demand)."""
+        return {"generator": self.generator.get_state(), "seen": dict(self.seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.seen = dict(state["seen"])
+
     def _for(self, item: dict) -> tuple[list[int], list[int]]:
         if self.mode == "dynamic":
             return self.mask(item["input_ids"], self.generator)

@@ -18,6 +18,10 @@ accepts as a backbone (``model.backbone: PATH``), with the trained MLM head besi
   logs every evaluation, the step count, the stop reason and the wall time.
 * A finished stage is reused: a run whose ``pretrain.json`` matches the configuration, the
   backbone and the corpus is not trained again (a re-run or a resumed bench skips it).
+* An interrupted stage continues: at every evaluation a checkpoint (model, optimiser, schedule,
+  position in the epoch, data-order and masking RNG states at the epoch start, global RNG
+  states, the stop rule's state) is written atomically to ``out/checkpoint``; a re-run with the
+  same fingerprint resumes from it and ends exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import DataConfig, PretrainConfig
+from .engine import checkpoint
 from .errors import DataError
 from .mlm import IGNORE, MaskingCollator, mlm_head_for
 from .models import load_backbone, resolve_backbone
@@ -144,35 +150,61 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     model, optimizer, loader, heldout_loader = accelerator.prepare(model, optimizer, loader, heldout_loader)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
 
-    history, best, best_state, stale, step, stopped = [], math.inf, None, 0, 0, "max_steps"
-    bar = tqdm(total=cfg.max_steps, desc="pretrain", disable=not progress)
-    while step < cfg.max_steps and stopped == "max_steps":
+    bare, resumable, checkpoint_dir = accelerator.unwrap_model(model), _Resumable(), out / "checkpoint"
+    marker = checkpoint_dir / "fingerprint"
+    if accelerator.is_main_process and (not marker.is_file() or marker.read_text() != fingerprint):
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # none, or another configuration's
+        checkpoint_dir.mkdir(parents=True)
+        marker.write_text(fingerprint)
+    accelerator.wait_for_everyone()
+    loaded = checkpoint.load(checkpoint_dir, bare, optimizer, scheduler, [resumable])
+    state, pending_rng = loaded if loaded else (checkpoint.LoopState(), None)
+    start -= resumable.seconds_before
+    best = state.best["heldout_loss"] if state.best else math.inf
+    stopped = "max_steps"
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", disable=not progress)
+    while state.step < cfg.max_steps and stopped == "max_steps":
+        if state.position == 0:  # remember (or, resuming mid-epoch, replay) the epoch's order and masks
+            state.epoch_rng, resumable.masking = generator.get_state(), masking.state_dict()
+        else:
+            generator.set_state(state.epoch_rng)
+            masking.load_state_dict(resumable.masking)
         model.train()
-        for batch in loader:
+        for index, batch in enumerate(loader):
+            if index < state.position:
+                continue  # trained on before the checkpoint
+            if pending_rng is not None:
+                checkpoint.restore_rng(pending_rng)  # dropout continues as if never stopped
+                pending_rng = None
             loss = model(**batch)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            state.step, state.position = state.step + 1, index + 1
             bar.update(1)
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
                 value = _heldout_loss(model, heldout_loader)
-                history.append({"step": step, "train_loss": loss.item(), "heldout_loss": value})
+                state.history.append({"step": state.step, "train_loss": loss.item(), "heldout_loss": value})
                 bar.set_postfix(heldout=f"{value:.3f}")
                 if value < best:
-                    best, stale = value, 0
-                    best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                    best, state.stale, state.best = value, 0, {"heldout_loss": value}
+                    state.best_state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
                 else:
-                    stale += 1
-                    if cfg.patience and stale >= cfg.patience:
+                    state.stale += 1
+                    if cfg.patience and state.stale >= cfg.patience:
                         stopped = "patience"
                         break
-            if step >= cfg.max_steps:
+                resumable.seconds_before = time.perf_counter() - start
+                if accelerator.is_main_process:
+                    checkpoint.save(checkpoint_dir, bare, optimizer, scheduler, [resumable], state)
+            if state.step >= cfg.max_steps:
                 break
+        else:
+            state.epoch, state.position = state.epoch + 1, 0
+    history, best_state, step = state.history, state.best_state, state.step
     bar.close()
-    bare = accelerator.unwrap_model(model)
     if best_state is not None:
         bare.load_state_dict(best_state)
     _save(bare, tokenizer, out / "model")
@@ -182,7 +214,22 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
               "best_heldout_loss": best, "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
               "history": history, "model": str(out / "model")}
     write_json_atomic(record_file, record)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the record and the model replace it
     return record
+
+
+class _Resumable:
+    """The pre-training state the engine's checkpoint does not hold, in its `techniques` slot."""
+
+    def __init__(self) -> None:
+        self.masking: dict[str, Any] = {}  # the masking collator's state at the current epoch's start
+        self.seconds_before = 0.0  # wall time spent before the checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masking": self.masking, "seconds": self.seconds_before}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masking, self.seconds_before = state["masking"], state["seconds"]
 
 
 @torch.inference_mode()
