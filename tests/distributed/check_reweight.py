@@ -62,6 +62,9 @@ def main() -> None:
               "worst_vs_reference": worst, "grad_digest": float(sum(p.grad.double().sum() for p in params)),
               "weights": weights.tolist()}
     (out / f"rank-{rank}.json").write_text(json.dumps(record))
+    # Both ranks done before the group goes, and DDP's reducer before the group it uses.
+    dist.barrier()
+    del ddp, loss
     dist.destroy_process_group()
 
 

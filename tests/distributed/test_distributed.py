@@ -16,12 +16,20 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a fresh port per launch: the previous launch's may still be closing
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun(*args, timeout=600):
     # One thread per process: two 2-thread processes on a 2-core machine slow each other ~10x.
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29533", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+                           "--master_port", str(_free_port()), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def test_noise_masks_and_fisher_agree_on_both_ranks(tmp_path):
