@@ -46,13 +46,12 @@ class PerExampleGradients:
         if missing:
             raise ValueError(f"per-example gradients support Linear and LayerNorm parameters only; "
                              f"these are neither: {', '.join(missing[:5])}")
-        self.modules = [m for m in model.modules() if isinstance(m, SUPPORTED)
-                        and any(p.requires_grad for p in m.parameters(recurse=False))]
         self.recording = True
         self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._grads: list[torch.Tensor] = []
         # prepend: see the layer's own output, before any other hook (an adapter) replaces it
-        self._handles = [m.register_forward_hook(self._record, prepend=True) for m in self.modules]
+        self._handles = [m.register_forward_hook(self._record, prepend=True) for m in model.modules()
+                         if isinstance(m, SUPPORTED) and any(p.requires_grad for p in m.parameters(recurse=False))]
 
     def _record(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if self.recording and torch.is_grad_enabled() and module.training:

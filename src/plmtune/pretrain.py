@@ -203,16 +203,15 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
                 break
         else:
             state.epoch, state.position = state.epoch + 1, 0
-    history, best_state, step = state.history, state.best_state, state.step
     bar.close()
-    if best_state is not None:
-        bare.load_state_dict(best_state)
+    if state.best_state is not None:
+        bare.load_state_dict(state.best_state)
     _save(bare, tokenizer, out / "model")
-    best_step = min(history, key=lambda h: h["heldout_loss"])["step"] if history else step
+    best_step = min(state.history, key=lambda h: h["heldout_loss"])["step"] if state.history else state.step
     record = {"fingerprint": fingerprint, "backbone": backbone, "masking": cfg.masking, "config": asdict(cfg),
-              "texts": len(train), "heldout_texts": len(heldout), "steps": step, "best_step": best_step,
+              "texts": len(train), "heldout_texts": len(heldout), "steps": state.step, "best_step": best_step,
               "best_heldout_loss": best, "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
-              "history": history, "model": str(out / "model")}
+              "history": state.history, "model": str(out / "model")}
     write_json_atomic(record_file, record)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the record and the model replace it
     return record

@@ -98,10 +98,9 @@ class PseudoLabelLoss(Technique):
             self._attention = None
 
     def adjust_loss(self, loss: torch.Tensor, outputs: Any, batch: dict, ctx: TrainContext) -> torch.Tensor:
-        reweighting = self.config.reweight and ctx.step >= self.warmup_steps
-        if not reweighting and self._capture is not None:
-            self._capture.clear()  # recorded this step's forward; not needed
         if ctx.step < self.warmup_steps:  # consistency with the teacher, every example weighted equally
+            if self._capture is not None:
+                self._capture.clear()  # it recorded this step's forward, which re-weights nothing
             return soft_target_loss(outputs["logits"], batch["soft_labels"]).mean()
         if not self.config.reweight:
             return loss
