@@ -16,25 +16,16 @@ import argparse
 import statistics
 from pathlib import Path
 
-from plmtune.bench.report import collect, paired
+from _tables import mean_std, paired_delta
+from plmtune.bench.report import collect
 
 
 def _last(result: dict) -> dict:
     return result["self_training"]["iterations"][-1]["test"]
 
 
-def _cell(values: list[float]) -> str:
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 \
-        else (f"{100 * values[0]:.1f}" if values else "–")
-
-
 def _delta(a: dict, b: dict, metric: str) -> str:
-    common = sorted(set(a) & set(b))
-    d = paired([a[s][metric] - b[s][metric] for s in common])
-    if d["n"] < 2:
-        return "–"
-    mark = " ▲" if d["lo"] > 0 else (" ▼" if d["hi"] < 0 else "")
-    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{mark}"
+    return paired_delta({s: v[metric] for s, v in a.items()}, {s: v[metric] for s, v in b.items()}) or "–"
 
 
 def main() -> None:
@@ -63,8 +54,8 @@ def main() -> None:
         wall = [statistics.fmean(r["_wall_seconds"] for r in group.values()) for group in (runs, plain)]
         peaks = [(r.get("peak_memory") or {}).get("peak_rss_mb") for r in runs.values()]
         peak = f"{statistics.fmean(peaks):.0f}" if all(peaks) else "–"  # runs before peak memory was recorded
-        print(f"| {task} | {_cell([v[m] for v in vanilla.values()])} | {_cell([v[m] for v in teacher.values()])} | "
-              f"{_cell([v[m] for v in student.values()])} | {_cell([v[m] for v in unweighted.values()])} | "
+        print(f"| {task} | {mean_std([v[m] for v in vanilla.values()])} | {mean_std([v[m] for v in teacher.values()])} | "
+              f"{mean_std([v[m] for v in student.values()])} | {mean_std([v[m] for v in unweighted.values()])} | "
               f"{_delta(student, vanilla, m)} | {_delta(student, teacher, m)} | {_delta(student, unweighted, m)} | "
               f"{wall[0]:.0f}, {wall[1]:.0f} | {peak} |")
 

@@ -13,7 +13,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from plmtune.bench.report import collect, paired
+from _tables import paired_delta
+from plmtune.bench.report import collect
 
 
 def main() -> None:
@@ -37,11 +38,10 @@ def main() -> None:
             values = [r["test"][args.metric] for r in runs.values()]
             means.append(statistics.fmean(values))
             cell = f"{100 * means[-1]:.1f}"
-            common = sorted(set(runs) & set(base))
-            if method != baseline and len(common) > 1:
-                d = paired([runs[s]["test"][args.metric] - base[s]["test"][args.metric] for s in common])
-                mark = " ▲" if d["lo"] > 0 else " ▼" if d["hi"] < 0 else ""
-                cell += f" ({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{mark})"
+            delta = paired_delta({s: r["test"][args.metric] for s, r in runs.items()},
+                                 {s: r["test"][args.metric] for s, r in base.items()})
+            if method != baseline and delta:
+                cell += f" ({delta})"
             cells.append(cell)
         if len(cells) == len(tasks):
             print(f"| {method} | {' | '.join(cells)} | {100 * statistics.fmean(means):.1f} |")

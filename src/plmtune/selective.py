@@ -71,10 +71,13 @@ def important_labels(scores: list[float], share: float) -> list[int]:
 
 @torch.inference_mode()
 def _states(encoder: Any, sequences: list[list[int]], batch: int = 64) -> list[torch.Tensor]:
+    """Contextual token states of each sequence (on the CPU), read on the GPU where there is one."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder.to(device)
     out = []
     for start in range(0, len(sequences), batch):
         chunk = sequences[start:start + batch]
-        hidden = encoder(**_pad(chunk)).last_hidden_state
+        hidden = encoder(**{k: v.to(device) for k, v in _pad(chunk).items()}).last_hidden_state.float().cpu()
         out += [hidden[i, :len(s)] for i, s in enumerate(chunk)]
     return out
 
