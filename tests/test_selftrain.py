@@ -249,6 +249,12 @@ def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result
     rounds = [json.loads(x).get("round") for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rounds == sorted(rounds) and rounds.count(2) == [
         json.loads(x).get("round") for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()].count(2)
+    # Killed after the last round but before result.json: the resume trains nothing and writes the same record.
+    (tmp_path / "run" / "result.json").unlink()
+    calls.clear()
+    again = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
+    assert calls == [] and again["test"] == whole["test"]
+    assert again["parameters"] == whole["parameters"] and again["sizes"] == whole["sizes"]
 
 
 @pytest.mark.slow

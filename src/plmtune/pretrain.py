@@ -150,32 +150,23 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     model, optimizer, loader, heldout_loader = accelerator.prepare(model, optimizer, loader, heldout_loader)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
 
-    bare, resumable, checkpoint_dir = accelerator.unwrap_model(model), _Resumable(), out / "checkpoint"
+    bare, elapsed, checkpoint_dir = accelerator.unwrap_model(model), _Elapsed(), out / "checkpoint"
     marker = checkpoint_dir / "fingerprint"
     if accelerator.is_main_process and (not marker.is_file() or marker.read_text() != fingerprint):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # none, or another configuration's
         checkpoint_dir.mkdir(parents=True)
         marker.write_text(fingerprint)
     accelerator.wait_for_everyone()
-    loaded = checkpoint.load(checkpoint_dir, bare, optimizer, scheduler, [resumable])
+    loaded = checkpoint.load(checkpoint_dir, bare, optimizer, scheduler, [elapsed])
     state, pending_rng = loaded if loaded else (checkpoint.LoopState(), None)
-    start -= resumable.seconds_before
+    start -= elapsed.seconds
     best = state.best["heldout_loss"] if state.best else math.inf
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", disable=not progress)
+    replay = checkpoint.EpochReplay(state, generator, pending_rng, keep=[masking])  # same order and masks
     while state.step < cfg.max_steps and stopped == "max_steps":
-        if state.position == 0:  # remember (or, resuming mid-epoch, replay) the epoch's order and masks
-            state.epoch_rng, resumable.masking = generator.get_state(), masking.state_dict()
-        else:
-            generator.set_state(state.epoch_rng)
-            masking.load_state_dict(resumable.masking)
         model.train()
-        for index, batch in enumerate(loader):
-            if index < state.position:
-                continue  # trained on before the checkpoint
-            if pending_rng is not None:
-                checkpoint.restore_rng(pending_rng)  # dropout continues as if never stopped
-                pending_rng = None
+        for index, batch in replay(loader):
             loss = model(**batch)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,9 +187,9 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
                     if cfg.patience and state.stale >= cfg.patience:
                         stopped = "patience"
                         break
-                resumable.seconds_before = time.perf_counter() - start
+                elapsed.seconds = time.perf_counter() - start
                 if accelerator.is_main_process:
-                    checkpoint.save(checkpoint_dir, bare, optimizer, scheduler, [resumable], state)
+                    checkpoint.save(checkpoint_dir, bare, optimizer, scheduler, [elapsed], state)
             if state.step >= cfg.max_steps:
                 break
         else:
@@ -217,18 +208,17 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     return record
 
 
-class _Resumable:
-    """The pre-training state the engine's checkpoint does not hold, in its `techniques` slot."""
+class _Elapsed:
+    """Wall time spent before a checkpoint, kept in the checkpoint's `techniques` slot."""
 
     def __init__(self) -> None:
-        self.masking: dict[str, Any] = {}  # the masking collator's state at the current epoch's start
-        self.seconds_before = 0.0  # wall time spent before the checkpoint
+        self.seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masking": self.masking, "seconds": self.seconds_before}
+        return {"seconds": self.seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.masking, self.seconds_before = state["masking"], state["seconds"]
+        self.seconds = state["seconds"]
 
 
 @torch.inference_mode()

@@ -83,14 +83,16 @@ def encode(rows: list[dict], ctx: TrainContext) -> EncodedSplit:
     return EncodedSplit(rows, ctx.tokenizer, data.max_length, data.truncation, data.head_tokens)
 
 
-def test_metrics(ctx: TrainContext, split: EncodedSplit) -> dict[str, float]:
-    """Metrics of the current model (ctx.model, after a fit) on a labelled split."""
+def test_metrics(ctx: TrainContext, encoded: dict[str, EncodedSplit]) -> dict[str, float] | None:
+    """Metrics of the current model (ctx.model, after a fit) on the test split; None without one."""
+    if "test" not in encoded:
+        return None
     collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
-    loader = ctx.accelerator.prepare(eval_loader(split, ctx.recipe.train.eval_batch_size, collate))
+    loader = ctx.accelerator.prepare(eval_loader(encoded["test"], ctx.recipe.train.eval_batch_size, collate))
     return evaluate(ctx.model, loader, ctx.accelerator, ctx.num_labels)["metrics"]
 
 
-def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, splits: dict[str, list[dict]],
+def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, sizes: dict[str, int],
                   test: dict | None, dev: dict | None, params: dict[str, int], **details: Any) -> dict[str, Any]:
     """The result.json every stage writes: what ran on what, its metrics, and the environment."""
     return {
@@ -100,7 +102,7 @@ def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, sp
         "data_files": {k: str(v.resolve()) for k, v in task.files.items()},
         "num_labels": task.num_labels,
         "label_names": task.label_names,
-        "sizes": {name: len(rows) for name, rows in splits.items()},
+        "sizes": sizes,
         "recipe": recipe.to_dict(),
         "seed": seed,
         "test": test,
@@ -147,16 +149,16 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     try:
         fitted = fit(model, techniques, ctx, loader, dev, cfg, log, progress=progress,
                      checkpoint_dir=out / "checkpoint", resume=resume)
-        test, eval_seconds = None, 0.0
-        if "test" in encoded:
-            start = time.perf_counter()
-            test = test_metrics(ctx, encoded["test"])
-            eval_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        test = test_metrics(ctx, encoded)
+        eval_seconds = time.perf_counter() - start
+        if test is not None:
             log.write({"type": "eval", "split": "test", "step": fitted.steps, **test})
     finally:
         log.close()
 
-    result = result_record(recipe, task, task_dir, seed, splits, test, fitted.best_dev, params,
+    sizes = {name: len(rows) for name, rows in splits.items()}
+    result = result_record(recipe, task, task_dir, seed, sizes, test, fitted.best_dev, params,
                            dev_history=fitted.dev_history, best_epoch=fitted.best_epoch, steps=fitted.steps,
                            epochs_run=fitted.epochs_run, stopped_early=fitted.stopped_early,
                            train_seconds=round(fitted.train_seconds, 3), eval_seconds=round(eval_seconds, 3))

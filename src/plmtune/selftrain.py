@@ -267,7 +267,8 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
         memory["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     stage = {"self_training": {"iterations": history, "selected_iteration": chosen[0], "memory": memory,
                                "unlabeled_used": len(pool)}}
-    result = result_record(recipe, task, task_dir, seed, splits, chosen[2], chosen[1], count_parameters(model),
+    result = result_record(recipe, task, task_dir, seed, {name: len(rows) for name, rows in splits.items()},
+                           chosen[2], chosen[1], count_parameters(model),
                            train_seconds=round(time.perf_counter() - start, 3), **stage)
     if main_process:
         write_json_atomic(out / "result.json", result)
@@ -276,7 +277,7 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
 
 def _finish_iteration(iteration: int, dev: Any, ctx: TrainContext, encoded: dict, history: list[dict], best: Any,
                       notes: dict) -> Any:
-    test = test_metrics(ctx, encoded["test"]) if "test" in encoded else None
+    test = test_metrics(ctx, encoded)
     history.append({"iteration": iteration, "dev": dev, "test": test, **notes})
     metric = ctx.recipe.train.select_metric
     if best is None or dev is None or (dev[metric], -dev["loss"]) > (best[1][metric], -best[1]["loss"]):
@@ -337,22 +338,20 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
             log.tags = {"stage": "teacher" if round_ == 0 else "student", "round": round_}
             fitted = fit(model, techniques, ctx, train_loader(encoded["train"], recipe.train.batch_size, seed, collate),
                          dev, recipe.train, log, progress=progress)
-            rounds.append({"round": round_, "dev": fitted.best_dev, "test": test_metrics(ctx, encoded["test"]) if "test" in encoded else None})
+            rounds.append({"round": round_, "dev": fitted.best_dev, "test": test_metrics(ctx, encoded)})
             if round_ < cfg.rounds:
                 soft = sharpen(predict_probs(ctx, encoded["train"], recipe.train.eval_batch_size), cfg.temperature)
+            params, sizes = count_parameters(model), {name: len(rows) for name, rows in splits.items()}
             if main_process:
-                _save_atomic(state_file, {"rounds": rounds, "soft": soft, "seconds": time.perf_counter() - start})
-            params = count_parameters(model)
+                _save_atomic(state_file, {"rounds": rounds, "soft": soft, "params": params, "sizes": sizes,
+                                          "seconds": time.perf_counter() - start})
             del model, ctx  # the next round loads a fresh model; never two at once
     finally:
         log.close()
     if saved and len(saved["rounds"]) == cfg.rounds + 1:  # every round had finished: only the record is missing
-        techniques = build_techniques(recipe)
-        ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
-        model, splits = build_model_and_data(recipe, dict(task.splits), techniques, ctx)
-        params = count_parameters(model)
+        params, sizes = saved["params"], saved["sizes"]
     last = rounds[-1]
-    result = result_record(recipe, task, task_dir, seed, splits, last["test"], last["dev"], params,
+    result = result_record(recipe, task, task_dir, seed, sizes, last["test"], last["dev"], params,
                            train_seconds=round(time.perf_counter() - start, 3),
                            self_distillation={"rounds": rounds})
     if main_process:

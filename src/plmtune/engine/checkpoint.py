@@ -15,7 +15,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class LoopState:
     epoch: int = 0
     position: int = 0  # micro-batches of the current epoch already consumed
     epoch_rng: torch.Tensor | None = None  # data-order generator state at the start of `epoch`
+    epoch_extra: list[dict[str, Any]] = field(default_factory=list)  # EpochReplay's `keep` states then
     best: dict[str, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = 0
@@ -76,6 +77,40 @@ def load(directory: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any
     for technique, technique_state in zip(techniques, payload["techniques"]):
         technique.load_state_dict(technique_state)
     return LoopState(**payload["loop"]), payload["rng"]
+
+
+class EpochReplay:
+    """Walks a shuffled loader one epoch per call, such that a run resumed from a checkpoint trains on
+    exactly the batches (order, masks, dropout) an uninterrupted run would have.
+
+    At an epoch's start it records the data-order generator's state and the ``state_dict`` of each
+    object in `keep` (a masking collator, say) in the loop state, which the checkpoint saves.
+    Resuming mid-epoch, it restores those, skips the batches consumed before the checkpoint, and
+    restores the global RNG states (`pending_rng`, from :func:`load`) right before the first batch
+    it yields — after the loader's iterator is made, which may draw random numbers.
+    """
+
+    def __init__(self, state: LoopState, generator: torch.Generator | None, pending_rng: dict | None = None,
+                 keep: Iterable[Any] = ()):
+        self.state, self.generator, self.pending_rng, self.keep = state, generator, pending_rng, list(keep)
+
+    def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        state = self.state
+        if state.position == 0:
+            state.epoch_rng = self.generator.get_state() if self.generator is not None else None
+            state.epoch_extra = [obj.state_dict() for obj in self.keep]
+        else:
+            if self.generator is not None:
+                self.generator.set_state(state.epoch_rng)
+            for obj, saved in zip(self.keep, state.epoch_extra):
+                obj.load_state_dict(saved)
+        for index, batch in enumerate(loader):
+            if index < state.position:
+                continue  # consumed before the checkpoint
+            if self.pending_rng is not None:
+                restore_rng(self.pending_rng)  # dropout and masks continue as if never stopped
+                self.pending_rng = None
+            yield index, batch
 
 
 def restore_rng(rng: dict) -> None:

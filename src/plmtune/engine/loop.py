@@ -154,23 +154,13 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
     stopped_early, start = False, time.perf_counter()
     bar = tqdm(total=total_steps, initial=state.step, desc="train",
                disable=not (progress and accelerator.is_main_process))
+    replay = checkpoint.EpochReplay(state, generator, pending_rng)
     while state.epoch < epochs and not stopped_early:
         epoch = ctx.epoch = state.epoch
-        if generator is not None:
-            # Remember (or, when resuming mid-epoch, replay) the order this epoch is drawn in.
-            if state.position == 0:
-                state.epoch_rng = generator.get_state()
-            else:
-                generator.set_state(state.epoch_rng)
         model.train()
-        for index, batch in enumerate(train_loader):
-            if index < state.position:
-                continue  # consumed before the checkpoint
+        for index, batch in replay(train_loader):
             if state.step >= total_steps:
                 break
-            if pending_rng is not None:
-                checkpoint.restore_rng(pending_rng)  # dropout and masks continue as if never stopped
-                pending_rng = None
             with accelerator.accumulate(model), accelerator.autocast():
                 outputs = model(**batch)
                 loss = _loss(outputs, batch["labels"])
