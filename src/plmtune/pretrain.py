@@ -16,6 +16,9 @@ accepts as a backbone (``model.backbone: PATH``), with the trained MLM head besi
   measured with fixed masks (so evaluations compare); after ``patience`` evaluations without
   improvement training stops, and the weights of the best evaluation are saved. ``pretrain.json``
   logs every evaluation, the step count, the stop reason and the wall time.
+* Several processes (Accelerate, e.g. torchrun): each rank reads its shard of the corpus and of
+  the held-out texts; the held-out loss is summed across ranks, so all stop at the same step; the
+  main process alone writes the checkpoint, the model and the record.
 * A finished stage is reused: a run whose ``pretrain.json`` matches the configuration, the
   backbone and the corpus is not trained again (a re-run or a resumed bench skips it).
 * An interrupted stage continues: at every evaluation a checkpoint (model, optimiser, schedule,
@@ -119,7 +122,9 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
         previous = json.loads(record_file.read_text())
         if previous.get("fingerprint") == fingerprint:
             return previous  # already done with this configuration, backbone and corpus
-    record_file.unlink(missing_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.is_main_process:
+        record_file.unlink(missing_ok=True)
     set_seed(seed)
     start = time.perf_counter()
     tokenizer, encoder = load_backbone(backbone)
@@ -145,7 +150,6 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                                          collate_fn=masking)
     heldout_loader = torch.utils.data.DataLoader(heldout, batch_size=64, collate_fn=fixed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = make_adamw(default_param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr, fused=True)
     model, optimizer, loader, heldout_loader = accelerator.prepare(model, optimizer, loader, heldout_loader)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
@@ -176,7 +180,7 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
             state.step, state.position = state.step + 1, index + 1
             bar.update(1)
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-                value = _heldout_loss(model, heldout_loader)
+                value = _heldout_loss(model, heldout_loader, accelerator)
                 state.history.append({"step": state.step, "train_loss": loss.item(), "heldout_loss": value})
                 bar.set_postfix(heldout=f"{value:.3f}")
                 if value < best:
@@ -197,14 +201,16 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     bar.close()
     if state.best_state is not None:
         bare.load_state_dict(state.best_state)
-    _save(bare, tokenizer, out / "model")
     best_step = min(state.history, key=lambda h: h["heldout_loss"])["step"] if state.history else state.step
     record = {"fingerprint": fingerprint, "backbone": backbone, "masking": cfg.masking, "config": asdict(cfg),
               "texts": len(train), "heldout_texts": len(heldout), "steps": state.step, "best_step": best_step,
               "best_heldout_loss": best, "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
               "history": state.history, "model": str(out / "model")}
-    write_json_atomic(record_file, record)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the record and the model replace it
+    if accelerator.is_main_process:  # every rank holds the same weights; one writes
+        _save(bare, tokenizer, out / "model")
+        write_json_atomic(record_file, record)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the record and the model replace it
+    accelerator.wait_for_everyone()  # no rank goes on (to fine-tuning, say) before the backbone is written
     return record
 
 
@@ -222,11 +228,18 @@ class _Elapsed:
 
 
 @torch.inference_mode()
-def _heldout_loss(model: nn.Module, loader: Any) -> float:
+def _heldout_loss(model: nn.Module, loader: Any, accelerator: Any) -> float:
+    """The mean of the held-out batches' MLM losses over every rank's shard — the same number on
+    every rank, so that all ranks take the same stop decision (else one stops while another waits).
+    `accelerator` None: this process's loader only."""
     model.eval()
-    losses = [float(model(**batch)) for batch in loader]
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device if accelerator else "cpu")
+    for batch in loader:
+        total += torch.stack([model(**batch).double(), torch.ones((), dtype=torch.float64, device=total.device)])
     model.train()
-    return sum(losses) / len(losses)
+    if accelerator is not None:
+        total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / total[1])
 
 
 def _save(model: MaskedLM, tokenizer: Any, directory: Path) -> None:

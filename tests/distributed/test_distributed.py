@@ -80,3 +80,33 @@ def test_two_processes_match_one_process_with_the_same_global_batch(toy_task, tm
     assert worst < 1e-4, f"largest weight difference {worst}"
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["type"] == "train" for x in lines) == 8  # one writer, no duplicate lines
+
+
+def test_pretraining_heldout_loss_is_one_number_on_every_rank(tmp_path):
+    proc = _torchrun(HERE / "check_pretrain.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert r0["value"] == r1["value"]  # each rank read half the batches
+    assert r0["value"] == pytest.approx(r0["whole"], rel=1e-6)  # and it is the whole set's
+
+
+def test_pretraining_in_two_processes_agrees_on_the_stop_rule_and_writes_one_backbone(toy_task, tmp_path, tokenizer):
+    from plmtune.models import tiny_bert
+
+    backbone = tmp_path / "tiny"  # a saved tiny random BERT with the real tokenizer, used by path
+    tiny_bert(vocab_size=30522, seed=0).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    # Each rank measures the held-out loss on its own shard; unless the ranks agree on it, one stops
+    # (patience 1, an evaluation every step) while the other waits in the next all-reduce for ever.
+    proc = _torchrun("-m", "plmtune", "pretrain", "tapt", "--data", toy_task, "--out", tmp_path / "pt",
+                     "--set", f"model.backbone={backbone}", "--set", "pretrain.max_steps=40",
+                     "--set", "pretrain.eval_every=1", "--set", "pretrain.patience=1", "--set", "pretrain.batch_size=4",
+                     "--set", "pretrain.heldout=0.3", "--set", "pretrain.lr=5e-2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "pt" / "pretrain.json").read_text())
+    assert record["stopped"] == "patience" and record["steps"] < 40  # the rule fired, on both ranks at once
+    assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == ["model", "pretrain.json"]  # no leftovers
+    from plmtune.models import load_backbone
+
+    _, encoder = load_backbone(str(tmp_path / "pt" / "model"))
+    assert encoder.config.num_hidden_layers == 2
