@@ -164,7 +164,6 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     loaded = checkpoint.load(checkpoint_dir, bare, optimizer, scheduler, [elapsed])
     state, pending_rng = loaded if loaded else (checkpoint.LoopState(), None)
     start -= elapsed.seconds
-    best = state.best["heldout_loss"] if state.best else math.inf
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", disable=not progress)
     replay = checkpoint.EpochReplay(state, generator, pending_rng, keep=[masking])  # same order and masks
@@ -183,8 +182,8 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
                 value = _heldout_loss(model, heldout_loader, accelerator)
                 state.history.append({"step": state.step, "train_loss": loss.item(), "heldout_loss": value})
                 bar.set_postfix(heldout=f"{value:.3f}")
-                if value < best:
-                    best, state.stale, state.best = value, 0, {"heldout_loss": value}
+                if value < (state.best["heldout_loss"] if state.best else math.inf):  # a NaN loss is never the best
+                    state.stale, state.best = 0, {"heldout_loss": value, "step": state.step}
                     state.best_state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
                 else:
                     state.stale += 1
@@ -201,10 +200,11 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     bar.close()
     if state.best_state is not None:
         bare.load_state_dict(state.best_state)
-    best_step = min(state.history, key=lambda h: h["heldout_loss"])["step"] if state.history else state.step
     record = {"fingerprint": fingerprint, "backbone": backbone, "masking": cfg.masking, "config": asdict(cfg),
-              "texts": len(train), "heldout_texts": len(heldout), "steps": state.step, "best_step": best_step,
-              "best_heldout_loss": best, "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
+              "texts": len(train), "heldout_texts": len(heldout), "steps": state.step,
+              "best_step": state.best["step"] if state.best else state.step,
+              "best_heldout_loss": state.best["heldout_loss"] if state.best else math.inf,
+              "stopped": stopped, "seconds": round(time.perf_counter() - start, 2),
               "history": state.history, "model": str(out / "model")}
     if accelerator.is_main_process:  # every rank holds the same weights; one writes
         _save(bare, tokenizer, out / "model")
@@ -234,8 +234,9 @@ def _heldout_loss(model: nn.Module, loader: Any, accelerator: Any) -> float:
     `accelerator` None: this process's loader only."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device if accelerator else "cpu")
-    for batch in loader:
-        total += torch.stack([model(**batch).double(), torch.ones((), dtype=torch.float64, device=total.device)])
+    for batch in loader:  # [sum of batch losses, number of batches]
+        total[0] += model(**batch).double()
+        total[1] += 1
     model.train()
     if accelerator is not None:
         total = accelerator.reduce(total, reduction="sum")
