@@ -8,6 +8,7 @@ the average of the ranks' own weighted gradients computed without DDP. Writes OU
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,3 +71,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without interpreter teardown: under load, a rank has now and then aborted *after* its
+    # results were written and the group destroyed ("terminate called without an active
+    # exception"; twice in full clean-clone test runs, never in 22 runs of this script alone,
+    # with or without other load). The test still requires exit status 0 from both ranks and compares what they wrote.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
