@@ -1,10 +1,28 @@
-"""Cell formats shared by the Markdown table scripts (suite_table, list_table, tapt_table)."""
+"""Cell formats and bench-folder merging shared by the Markdown table scripts."""
 
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
-from plmtune.bench.report import paired
+from plmtune.bench.report import collect, paired
+
+
+def runs_by_method(benches: list[Path]) -> tuple[dict, dict]:
+    """(task, k) → method → seed → result over several bench folders, and the first folder's suite.
+
+    Each (task, k, method) is read from the first folder that holds it, so runs made in separate
+    folders on the same splits (another machine, a later slice) can share one table.
+    """
+    merged: dict = {}
+    suite = None
+    for path in benches:
+        results, _, info = collect(path)
+        suite = suite or info
+        for key, by_method in results.items():
+            for method, runs in by_method.items():
+                merged.setdefault(key, {}).setdefault(method, runs)
+    return merged, suite
 
 
 def mean_std(values: list[float]) -> str:

@@ -1,8 +1,9 @@
 """LiST on the suite: teacher, student with and without meta re-weighting, vs plain fine-tuning.
 
-    python benchmarks/list_table.py BENCH [--k 16] [--list list_cpu] [--no-reweight list_cpu_no_reweight]
+    python benchmarks/list_table.py BENCH [BENCH ...] [--k 16] [--list list_cpu] [--no-reweight list_cpu_no_reweight]
 
-Reads a bench folder holding the LiST runs and the baseline's on the same splits and seeds. The
+Reads bench folders holding the LiST runs and the baseline's on the same splits and seeds (each
+method from the first folder that holds it). The
 teacher is iteration 0 of the re-weighted runs (prompt + adapters on the K labelled rows); the
 student is the last iteration (the paper's rule and `select: last`, the default; training does not
 depend on `select`, so runs made under `best_dev` are read the same way). Each Δ is paired over seeds, in
@@ -16,8 +17,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from _tables import mean_std, paired_delta
-from plmtune.bench.report import collect
+from _tables import mean_std, paired_delta, runs_by_method
 
 
 def _last(result: dict) -> dict:
@@ -30,14 +30,14 @@ def _delta(a: dict, b: dict, metric: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", type=Path)
+    parser.add_argument("bench", type=Path, nargs="+")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--list", default="list_cpu")
     parser.add_argument("--no-reweight", default="list_cpu_no_reweight")
     parser.add_argument("--baseline")
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
-    results, _, suite = collect(args.bench)
+    results, suite = runs_by_method(args.bench)
     baseline, m = args.baseline or suite["baseline"], args.metric
     print(f"| task | {baseline} | teacher | LiST | LiST, no re-weighting | LiST − {baseline} | "
           f"LiST − teacher | re-weighting − none | wall s / run (LiST, none) | peak RSS MiB (LiST) |")

@@ -1,6 +1,6 @@
-"""Methods side by side on one task: accuracy, paired Δ, trainable share, wall time and peak memory.
+"""Methods side by side per task: accuracy, paired Δ, trainable share, wall time and peak memory.
 
-    python benchmarks/methods_table.py BENCH [BENCH ...] --task sst2 [--k 16] --methods vanilla,prompt,...
+    python benchmarks/methods_table.py BENCH [BENCH ...] --task sst2[,subj,...] [--k 16] --methods vanilla,prompt,...
 
 Each method is read from the first bench folder that holds it (so runs made in separate folders
 on the same splits can share one table). Accuracy: test, mean ± std over seeds; Δ: paired over
@@ -15,37 +15,37 @@ import argparse
 import statistics
 from pathlib import Path
 
-from _tables import mean_std, paired_delta
-from plmtune.bench.report import collect
+from _tables import mean_std, paired_delta, runs_by_method
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path, nargs="+")
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--task", required=True, help="comma-separated; several give one row group per task")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--methods", required=True, help="comma-separated; the first is the baseline of Δ")
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
-    folders = [collect(path)[0].get((args.task, args.k), {}) for path in args.bench]
-    methods = args.methods.split(",")
-    runs = {}
-    for name in methods:
-        runs[name] = next((folder[name] for folder in folders if folder.get(name)), None)
-        if runs[name] is None:
-            raise SystemExit(f"no {name} runs for {args.task} K={args.k} in {', '.join(map(str, args.bench))}")
-    base = {s: r["test"][args.metric] for s, r in runs[methods[0]].items()}
-    print(f"| method | seeds | {args.metric} | Δ − {methods[0]} | trainable share | wall s / run | peak RSS MiB |")
-    print("|---" * 7 + "|")
-    for name in methods:
-        group = runs[name]
-        values = {s: r["test"][args.metric] for s, r in group.items()}
-        share = statistics.fmean(r["parameters"]["trainable"] / r["parameters"]["total"] for r in group.values())
-        peaks = [(r.get("peak_memory") or {}).get("peak_rss_mb") for r in group.values()]
-        peak = f"{statistics.fmean(peaks):.0f}" if all(peaks) else "–"
-        delta = paired_delta(values, base) if name != methods[0] else ""
-        print(f"| {name} | {len(group)} | {mean_std(list(values.values()))} | {delta or '–'} | {100 * share:.1f}% | "
-              f"{statistics.fmean(r['_wall_seconds'] for r in group.values()):.0f} | {peak} |")
+    held = runs_by_method(args.bench)[0]
+    tasks, methods = args.task.split(","), args.methods.split(",")
+    print(f"| task | method | seeds | {args.metric} | Δ − {methods[0]} | trainable share | wall s / run | peak RSS MiB |")
+    print("|---" * 8 + "|")
+    for task in tasks:
+        runs = {}
+        for name in methods:
+            runs[name] = held.get((task, args.k), {}).get(name)
+            if runs[name] is None:
+                raise SystemExit(f"no {name} runs for {task} K={args.k} in {', '.join(map(str, args.bench))}")
+        base = {s: r["test"][args.metric] for s, r in runs[methods[0]].items()}
+        for name in methods:
+            group = runs[name]
+            values = {s: r["test"][args.metric] for s, r in group.items()}
+            share = statistics.fmean(r["parameters"]["trainable"] / r["parameters"]["total"] for r in group.values())
+            peaks = [(r.get("peak_memory") or {}).get("peak_rss_mb") for r in group.values()]
+            peak = f"{statistics.fmean(peaks):.0f}" if all(peaks) else "–"
+            delta = paired_delta(values, base) if name != methods[0] else ""
+            print(f"| {task} | {name} | {len(group)} | {mean_std(list(values.values()))} | {delta or '–'} | "
+                  f"{100 * share:.1f}% | {statistics.fmean(r['_wall_seconds'] for r in group.values()):.0f} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,22 @@ def test_run_key_changes_with_recipe_data_and_seed(tmp_path):
     assert run_key(specs[0]) == keys[(specs[0].method.name, specs[0].seed)]  # stable
 
 
+def test_a_bench_stopped_part_way_can_still_be_reported(tmp_path, monkeypatch):
+    # A deadline or Ctrl-C ends `plmtune bench` mid-run; the runs finished before it must stay readable.
+    from plmtune.bench import runner
+    from plmtune.bench.report import collect
+
+    def interrupted(spec, key, threads):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute", interrupted)
+    out = tmp_path / "bench"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_suite(load_suite(_suite(tmp_path, "  - {name: vanilla, recipe: baseline}\n")), out, progress=False)
+    results, failures, suite = collect(out)
+    assert suite["baseline"] == "vanilla" and suite["tasks"] == ["sst2"] and not results and not failures
+
+
 @pytest.mark.slow
 def test_bench_skips_finished_runs_retries_broken_ones_records_failures_and_reports(tmp_path):
     suite = _suite(tmp_path, "  - {name: vanilla, recipe: baseline, set: ['train.max_steps=2', 'train.eval_every=50']}\n"

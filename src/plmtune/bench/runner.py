@@ -76,6 +76,10 @@ def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, p
 
     out.mkdir(parents=True, exist_ok=True)
     prepare_data(suite, out)
+    # Written before any run, so a bench stopped part-way (deadline, Ctrl-C) can still be reported.
+    write_json_atomic(out / "suite.json", {"suite": str(suite.path), "name": suite.name, "baseline": suite.baseline,
+                                           "tasks": list(suite.tasks), "k": list(suite.k), "seeds": list(suite.seeds),
+                                           "methods": [m.name for m in suite.methods]})
     specs = [s for s in suite.expand(out) if (only is None or fnmatch.fnmatch(s.label, only))
              and (methods is None or s.method.name in methods)]
     keys = {id(s): run_key(s) for s in specs}
@@ -93,7 +97,4 @@ def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, p
                 tqdm.write(f"FAILED {record['task']} K={record['k']} {record['method']} seed {record['seed']}: "
                            f"{record['error'].splitlines()[-1] if record.get('error') else 'exit ' + str(record['returncode'])}")
     bar.close()
-    write_json_atomic(out / "suite.json", {"suite": str(suite.path), "name": suite.name, "baseline": suite.baseline,
-                                           "tasks": list(suite.tasks), "k": list(suite.k), "seeds": list(suite.seeds),
-                                           "methods": [m.name for m in suite.methods]})
     return counts
