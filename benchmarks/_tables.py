@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from pathlib import Path
 
 from plmtune.bench.report import collect, paired
+
+
+def table_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every table script takes: bench folders (each method from the first that holds
+    it), K and the metric; scripts add their own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, nargs="+")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--metric", default="accuracy")
+    return parser
+
+
+def by_seed(runs: dict, metric: str) -> dict:
+    """seed → the run's test metric, for one method's runs (seed → result)."""
+    return {seed: r["test"][metric] for seed, r in runs.items()}
 
 
 def runs_by_method(benches: list[Path]) -> tuple[dict, dict]:

@@ -13,11 +13,9 @@ points, with its 95% t-interval (▲/▼ where it excludes 0). Wall time is the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from _tables import mean_std, paired_delta, runs_by_method
+from _tables import mean_std, paired_delta, runs_by_method, table_parser
 
 
 def _last(result: dict) -> dict:
@@ -29,13 +27,10 @@ def _delta(a: dict, b: dict, metric: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", type=Path, nargs="+")
-    parser.add_argument("--k", type=int, default=16)
+    parser = table_parser(__doc__)
     parser.add_argument("--list", default="list_cpu")
     parser.add_argument("--no-reweight", default="list_cpu_no_reweight")
     parser.add_argument("--baseline")
-    parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
     results, suite = runs_by_method(args.bench)
     baseline, m = args.baseline or suite["baseline"], args.metric

@@ -11,20 +11,15 @@ excludes 0); trainable share: trainable / total parameters; wall s: the whole pr
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from _tables import mean_std, paired_delta, runs_by_method
+from _tables import by_seed, mean_std, paired_delta, runs_by_method, table_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", type=Path, nargs="+")
+    parser = table_parser(__doc__)
     parser.add_argument("--task", required=True, help="comma-separated; several give one row group per task")
-    parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--methods", required=True, help="comma-separated; the first is the baseline of Δ")
-    parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
     held = runs_by_method(args.bench)[0]
     tasks, methods = args.task.split(","), args.methods.split(",")
@@ -36,10 +31,10 @@ def main() -> None:
             runs[name] = held.get((task, args.k), {}).get(name)
             if runs[name] is None:
                 raise SystemExit(f"no {name} runs for {task} K={args.k} in {', '.join(map(str, args.bench))}")
-        base = {s: r["test"][args.metric] for s, r in runs[methods[0]].items()}
+        base = by_seed(runs[methods[0]], args.metric)
         for name in methods:
             group = runs[name]
-            values = {s: r["test"][args.metric] for s, r in group.items()}
+            values = by_seed(group, args.metric)
             share = statistics.fmean(r["parameters"]["trainable"] / r["parameters"]["total"] for r in group.values())
             peaks = [(r.get("peak_memory") or {}).get("peak_rss_mb") for r in group.values()]
             peak = f"{statistics.fmean(peaks):.0f}" if all(peaks) else "–"

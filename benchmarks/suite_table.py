@@ -1,6 +1,6 @@
 """One Markdown table across tasks from a bench folder: mean accuracy and the paired Δ to the baseline.
 
-    python benchmarks/suite_table.py bench/fewshot --k 16 [--metric accuracy|mcc|macro_f1]
+    python benchmarks/suite_table.py BENCH [BENCH ...] --k 16 [--metric accuracy|mcc|macro_f1]
 
 Each cell: mean over seeds, then the paired difference to the baseline in points with its 95%
 t-interval; ▲ / ▼ mark intervals that exclude 0 (shown to help / to hurt). The last column is the
@@ -9,22 +9,16 @@ mean over tasks. Per-task details (std, worst seed, macro-F1, MCC, p-values) are
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from _tables import paired_delta
-from plmtune.bench.report import collect
+from _tables import by_seed, paired_delta, runs_by_method, table_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", type=Path)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--metric", default="accuracy")
+    parser = table_parser(__doc__)
     parser.add_argument("--baseline")
     args = parser.parse_args()
-    results, _, suite = collect(args.bench)
+    results, suite = runs_by_method(args.bench)
     baseline = args.baseline or suite["baseline"]
     tasks = [t for t in suite["tasks"] if (t, args.k) in results]
     print(f"| method | {' | '.join(tasks)} | mean |")
@@ -35,11 +29,10 @@ def main() -> None:
             runs, base = results[(task, args.k)].get(method), results[(task, args.k)].get(baseline, {})
             if not runs:
                 break
-            values = [r["test"][args.metric] for r in runs.values()]
-            means.append(statistics.fmean(values))
+            values = by_seed(runs, args.metric)
+            means.append(statistics.fmean(values.values()))
             cell = f"{100 * means[-1]:.1f}"
-            delta = paired_delta({s: r["test"][args.metric] for s, r in runs.items()},
-                                 {s: r["test"][args.metric] for s, r in base.items()})
+            delta = paired_delta(values, by_seed(base, args.metric))
             if method != baseline and delta:
                 cell += f" ({delta})"
             cells.append(cell)

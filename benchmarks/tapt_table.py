@@ -1,6 +1,6 @@
 """Further pre-training on the suite: fine-tuning after TAPT (dynamic, static, selective) vs without.
 
-    python benchmarks/tapt_table.py BENCH [--k 16] [--methods tapt,tapt_static,tapt_selective]
+    python benchmarks/tapt_table.py BENCH [BENCH ...] [--k 16] [--methods tapt,tapt_static,tapt_selective]
 
 Reads a bench folder holding the TAPT runs and the baseline's on the same splits and seeds. Each
 cell is test accuracy, mean ± std over seeds; each Δ is paired over seeds, in points, with its 95%
@@ -11,28 +11,18 @@ held-out MLM loss, and the pre-training wall time (mean per run, as the runs wer
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections import Counter
-from pathlib import Path
 
-from _tables import mean_std, paired_delta
-from plmtune.bench.report import collect
-
-
-def _delta(a: dict, b: dict, metric: str) -> str:
-    return paired_delta({s: r["test"][metric] for s, r in a.items()}, {s: r["test"][metric] for s, r in b.items()}) or "–"
+from _tables import by_seed, mean_std, paired_delta, runs_by_method, table_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", type=Path)
-    parser.add_argument("--k", type=int, default=16)
+    parser = table_parser(__doc__)
     parser.add_argument("--methods", default="tapt,tapt_static,tapt_selective")
     parser.add_argument("--baseline")
-    parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
-    results, _, suite = collect(args.bench)
+    results, suite = runs_by_method(args.bench)
     baseline, m, methods = args.baseline or suite["baseline"], args.metric, args.methods.split(",")
     print(f"| task | {baseline} | " + " | ".join(methods) + " | " +
           " | ".join(f"Δ {name} − {baseline}" for name in methods) + " |")
@@ -44,9 +34,9 @@ def main() -> None:
             continue
         rows.append((task, by_method))
         for name in means:
-            means[name].append(statistics.fmean(r["test"][m] for r in by_method[name].values()))
-        cells = [mean_std([r["test"][m] for r in by_method[name].values()]) for name in [baseline, *methods]]
-        deltas = [_delta(by_method[name], by_method[baseline], m) for name in methods]
+            means[name].append(statistics.fmean(by_seed(by_method[name], m).values()))
+        cells = [mean_std(list(by_seed(by_method[name], m).values())) for name in [baseline, *methods]]
+        deltas = [paired_delta(by_seed(by_method[name], m), by_seed(by_method[baseline], m)) or "–" for name in methods]
         print(f"| {task} | " + " | ".join(cells + deltas) + " |")
     if rows:
         print(f"| mean of {len(rows)} | " + " | ".join(f"{100 * statistics.fmean(v):.1f}" for v in means.values()) +
