@@ -92,6 +92,11 @@ def test_metrics(ctx: TrainContext, encoded: dict[str, EncodedSplit]) -> dict[st
     return evaluate(ctx.model, loader, ctx.accelerator, ctx.num_labels)["metrics"]
 
 
+def split_sizes(splits: dict[str, list[dict]]) -> dict[str, int]:
+    """Rows per split, as result.json records them."""
+    return {name: len(rows) for name, rows in splits.items()}
+
+
 def result_record(recipe: Recipe, task: Any, task_dir: str | Path, seed: int, sizes: dict[str, int],
                   test: dict | None, dev: dict | None, params: dict[str, int], **details: Any) -> dict[str, Any]:
     """The result.json every stage writes: what ran on what, its metrics, and the environment."""
@@ -157,8 +162,7 @@ def run_finetune(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: in
     finally:
         log.close()
 
-    sizes = {name: len(rows) for name, rows in splits.items()}
-    result = result_record(recipe, task, task_dir, seed, sizes, test, fitted.best_dev, params,
+    result = result_record(recipe, task, task_dir, seed, split_sizes(splits), test, fitted.best_dev, params,
                            dev_history=fitted.dev_history, best_epoch=fitted.best_epoch, steps=fitted.steps,
                            epochs_run=fitted.epochs_run, stopped_early=fitted.stopped_early,
                            train_seconds=round(fitted.train_seconds, 3), eval_seconds=round(eval_seconds, 3))

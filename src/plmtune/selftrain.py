@@ -49,8 +49,8 @@ from .errors import DataError
 from .per_example import PerExampleGradients, unsupported_parameters
 from .reweight import meta_weights_from_graph, reweighted_loss, sharpen, soft_target_loss
 from .models import count_parameters
-from .run import (build_model_and_data, encode, prepare_out_dir, recipe_to_yaml, result_record, test_metrics,
-                  write_json_atomic)
+from .run import (build_model_and_data, encode, prepare_out_dir, recipe_to_yaml, result_record, split_sizes,
+                  test_metrics, write_json_atomic)
 from .technique import Technique, TrainContext, build_techniques
 
 
@@ -267,8 +267,8 @@ def run_self_training(recipe: Recipe, task_dir: str | Path, out: str | Path, see
         memory["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     stage = {"self_training": {"iterations": history, "selected_iteration": chosen[0], "memory": memory,
                                "unlabeled_used": len(pool)}}
-    result = result_record(recipe, task, task_dir, seed, {name: len(rows) for name, rows in splits.items()},
-                           chosen[2], chosen[1], count_parameters(model),
+    result = result_record(recipe, task, task_dir, seed, split_sizes(splits), chosen[2], chosen[1],
+                           count_parameters(model),
                            train_seconds=round(time.perf_counter() - start, 3), **stage)
     if main_process:
         write_json_atomic(out / "result.json", result)
@@ -341,7 +341,7 @@ def run_self_distillation(recipe: Recipe, task_dir: str | Path, out: str | Path,
             rounds.append({"round": round_, "dev": fitted.best_dev, "test": test_metrics(ctx, encoded)})
             if round_ < cfg.rounds:
                 soft = sharpen(predict_probs(ctx, encoded["train"], recipe.train.eval_batch_size), cfg.temperature)
-            params, sizes = count_parameters(model), {name: len(rows) for name, rows in splits.items()}
+            params, sizes = count_parameters(model), split_sizes(splits)
             if main_process:
                 _save_atomic(state_file, {"rounds": rounds, "soft": soft, "params": params, "sizes": sizes,
                                           "seconds": time.perf_counter() - start})
