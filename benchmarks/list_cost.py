@@ -19,6 +19,8 @@ import os
 import statistics
 import sys
 
+from pathlib import Path
+
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,12 +28,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import FixedPad, StepClock, step_timing_parser, texts, write_results  # noqa: E402
 
-from plmtune.config import SelfTrainingConfig, load_recipe  # noqa: E402
+from plmtune.loading import load_recipe  # noqa: E402
+from plmtune.stages.self_training import SelfTrainingConfig  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
-from plmtune.run import build_model_and_data  # noqa: E402
-from plmtune.selftrain import PseudoLabelLoss  # noqa: E402
-from plmtune.technique import TrainContext, build_techniques  # noqa: E402
+from plmtune.assemble import prepare  # noqa: E402
+from plmtune.data import TaskData  # noqa: E402
+from plmtune.stages.self_training import PseudoLabelLoss  # noqa: E402
+from plmtune.techniques import build_techniques  # noqa: E402
 
 # mode: (re-weight, KD warm-up steps, one-backward route allowed)
 MODES = {"plain": (False, 0, None), "kd_warmup": (False, 10**9, None), "reweighted": (True, 0, None),
@@ -50,9 +54,9 @@ def run(mode: str, rows: list[dict], args) -> list[float]:
     recipe = load_recipe("prompt_adapters", [f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
                                              "train.eval_every=1000"])
     torch.manual_seed(0)
-    ctx = TrainContext(recipe=recipe, seed=0, num_labels=2, task_name="sst2")
-    techniques = build_techniques(recipe)
-    model, splits = build_model_and_data(recipe, {"train": rows}, techniques, ctx)
+    # the assembler, on in-memory rows; seeded above, so it does not seed again
+    prepared = prepare(recipe, TaskData("sst2", Path("."), {"train": rows}, None, 2, False), 0, seed_rng=False)
+    model, splits, ctx, techniques = prepared.model, prepared.splits, prepared.ctx, build_techniques(recipe)
     encoded = EncodedSplit(splits["train"], ctx.tokenizer, args.length)
     loader = torch.utils.data.DataLoader(encoded, batch_size=args.batch, shuffle=False, collate_fn=SoftPad(args.length))
     labelled = torch.utils.data.DataLoader(encoded, batch_size=SelfTrainingConfig().labelled_batch_size, shuffle=True, collate_fn=SoftPad(args.length))

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import FixedPad, StepClock, fresh_model, texts, write_results  # noqa: E402
 
-from plmtune.config import load_recipe  # noqa: E402
+from plmtune.loading import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.engine.optim import default_param_groups, linear_schedule, make_adamw  # noqa: E402

@@ -18,6 +18,8 @@ import os
 import statistics
 import sys
 
+from pathlib import Path
+
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,12 +27,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import FixedPad, StepClock, step_timing_parser, texts, write_results  # noqa: E402
 
-from plmtune.config import load_recipe  # noqa: E402
+from plmtune.loading import load_recipe  # noqa: E402
 from plmtune.data import EncodedSplit  # noqa: E402
 from plmtune.engine.loop import MetricLog, fit  # noqa: E402
 from plmtune.models import SequenceClassifier, load_backbone  # noqa: E402
-from plmtune.run import build_model_and_data  # noqa: E402
-from plmtune.technique import TrainContext, build_techniques  # noqa: E402
+from plmtune.assemble import prepare  # noqa: E402
+from plmtune.data import TaskData  # noqa: E402
+from plmtune.technique import TrainContext  # noqa: E402
+from plmtune.techniques import build_techniques  # noqa: E402
 
 RECIPES = ["baseline", "child_tuning_f", "child_tuning_d", "noisytune", "llrd", "ema", "reinit", "rdrop",
            "mixout", "lora", "gradual_unfreeze", "pooling_concat_cls", "pooling_cnn", "adapters", "prompt",
@@ -42,9 +46,9 @@ def run(name: str, rows: list[dict], args) -> dict:
                                 "train.eval_every=1000"])
     torch.manual_seed(0)
     # Built as `plmtune run` builds it, so data-side techniques (prompt templates) apply too.
-    ctx = TrainContext(recipe=recipe, seed=0, num_labels=2, task_name="sst2")
-    techniques = build_techniques(recipe)
-    model, splits = build_model_and_data(recipe, {"train": rows}, techniques, ctx)
+    # the assembler, on in-memory rows; seeded above, so it does not seed again
+    prepared = prepare(recipe, TaskData("sst2", Path("."), {"train": rows}, None, 2, False), 0, seed_rng=False)
+    model, splits, ctx, techniques = prepared.model, prepared.splits, prepared.ctx, build_techniques(recipe)
     encoded = EncodedSplit(splits["train"][:len(rows)], ctx.tokenizer, args.length)  # no augmented extras
     loader = torch.utils.data.DataLoader(encoded, batch_size=args.batch, shuffle=False,
                                          collate_fn=FixedPad(args.length))

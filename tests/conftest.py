@@ -44,7 +44,7 @@ def tiny_backbone(monkeypatch, tokenizer):
     from plmtune.models import tiny_bert
 
     def use(num_layers: int = 2) -> None:
-        monkeypatch.setattr("plmtune.run.load_backbone",
+        monkeypatch.setattr("plmtune.assemble.load_backbone",
                             lambda name: (tokenizer, tiny_bert(vocab_size=30522, num_layers=num_layers, seed=0)))
 
     return use

@@ -153,14 +153,27 @@ def test_full_disk_during_few_shot_writing_leaves_nothing(tmp_path, capsys, monk
 
 
 def test_full_disk_when_writing_a_result_leaves_no_partial_file(tmp_path, monkeypatch):
-    from plmtune import run
+    from plmtune import rundir
 
-    def no_space(*_a, **_k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fdopen = rundir.os.fdopen
 
-    monkeypatch.setattr(run.json, "dump", no_space)
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])  # half of it reaches the temp file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k)))
     with pytest.raises(OSError):
-        run.write_json_atomic(tmp_path / "result.json", {"a": 1})
+        rundir.write_json_atomic(tmp_path / "result.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from plmtune.config import RECIPES_DIR, apply_override, build_recipe, load_recipe, recipe_to_yaml
+from plmtune.config import RECIPES_DIR
+from plmtune.loading import build_recipe, load_recipe
+from plmtune.recipe_io import apply_override, recipe_to_yaml
 from plmtune.errors import RecipeError
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import SHARED_DATA, shared_dataset
@@ -142,3 +144,78 @@ def test_extra_fields_are_kept_for_techniques(tmp_path, write_jsonl):
     write_jsonl("train.jsonl", [{"text": "a", "label": 0, "features": [1, 2]}, {"text": "b", "label": 1, "id": 7}])
     rows = load_task(tmp_path, CFG).splits["train"]
     assert rows[0]["fields"] == {"features": [1, 2]} and rows[1]["fields"] == {"id": 7}
+
+
+# --------------------------------------------------------------------------- issue 14 / 17 reader cases
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    # D20: U+2028, U+2029 and U+0085 are legal raw inside JSON strings; only \n, \r\n (and \r) end a line.
+    rows = [{"text": f"row {i}{sep}x", "label": i % 2} for i, sep in enumerate(["\u2028", "\u2029", "\x85", ""])]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows),
+                                          encoding="utf-8")
+    (tmp_path / "dev.jsonl").write_text('{"text": "a", "label": 0}\n\n{oops\n', encoding="utf-8")
+    assert read_records(tmp_path / "train.jsonl") == [(i + 1, r) for i, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"dev.jsonl, line 3: malformed JSON"):
+        load_task(tmp_path, CFG)
+
+
+def test_validation_file_is_the_dev_split(tmp_path, write_jsonl):
+    # issue 17: Hugging Face names the dev split 'validation'.
+    write_jsonl("train.jsonl", [GOOD, GOOD1])
+    write_jsonl("validation.jsonl", [GOOD1])
+    task = load_task(tmp_path, CFG)
+    assert task.files["dev"].name == "validation.jsonl" and task.splits["dev"][0]["label"] == 1
+
+
+def test_quoted_csv_field_may_span_lines_and_keeps_its_first_line(tmp_path):
+    # D1 variant: legal CSV, accepted; the row's source is the line where it starts.
+    (tmp_path / "train.csv").write_text('text,label\n"first\nsecond",0\nplain,1\n')
+    task = load_task(tmp_path, CFG)
+    assert task.splits["train"][0] == {"text": "first\nsecond", "label": 0, "source": "train.csv:2"}
+    assert task.splits["train"][1]["source"] == "train.csv:4"
+
+
+def test_quoted_csv_field_spanning_very_many_lines_is_refused(tmp_path):
+    # D1: a stray quote that another stray quote closes much later would swallow the rows between.
+    body = "".join(f"row {i},{i % 2}\n" for i in range(200))
+    (tmp_path / "train.csv").write_text(f'text,label\n"opens here,0\n{body}closes",1\nlast,0\n')
+    with pytest.raises(DataError, match=r"train.csv, line 2: a quoted field runs over 202 lines \(2-203\)"):
+        load_task(tmp_path, CFG)
+
+
+def test_decimal_labels_can_be_class_names_when_listed(tmp_path):
+    # D9: '0.0' is refused unless the recipe lists it as a class name.
+    (tmp_path / "train.csv").write_text("text,label\na,0.0\nb,1.0\nc,10.0\n")
+    task = load_task(tmp_path, DataConfig(label_names=["0.0", "1.0", "10.0"]))
+    assert [r["label"] for r in task.splits["train"]] == [0, 1, 2]
+    (tmp_path / "train.csv").write_text("text,label\na,0\nb,1.0\n")
+    with pytest.raises(DataError, match=r"line 3, field 'label': .*'1.0' looks like a decimal number.*\(write 1\)"):
+        load_task(tmp_path, CFG)
+
+
+def test_json_and_csv_read_integer_ids_alike(tmp_path, write_jsonl):
+    # D9: the same labels mean the same classes in every format.
+    write_jsonl("train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": "2"}])
+    (tmp_path / "dev.csv").write_text("text,label\nx, 2 \n")
+    task = load_task(tmp_path, CFG)
+    assert task.label_names is None and task.num_labels == 3 and task.splits["dev"][0]["label"] == 2
+
+
+def test_null_text_pair_everywhere_means_a_single_text_task(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [{"text": "a", "text_pair": None, "label": 0}, {"text": "b", "label": 1}])
+    assert load_task(tmp_path, CFG).is_pair is False
+
+
+def test_large_label_id_is_refused_without_allocating(tmp_path, write_jsonl):
+    # D16: a bound from the number of train rows, before anything is sized by the id.
+    write_jsonl("train.jsonl", [GOOD, {"text": "b", "label": 10 ** 15}, GOOD1])
+    with pytest.raises(DataError, match=r"line 2, field 'label': label id 10{15} is too large: train has 3 rows"):
+        load_task(tmp_path, CFG)
+
+
+def test_many_missing_classes_are_summarised(tmp_path, write_jsonl):
+    write_jsonl("train.jsonl", [{"text": str(i), "label": 0 if i else 99} for i in range(100)])
+    with pytest.raises(DataError, match=r"class\(es\) 1, 2, .*, 10 and 88 more never occur") as err:
+        load_task(tmp_path, CFG)
+    assert len(str(err.value)) < 400

@@ -71,18 +71,32 @@ def test_pooling_layers_beyond_the_encoder_is_an_error():
         SequenceClassifier(tiny_bert(num_layers=2), 2, pooling="concat_cls", pooling_layers=9)
 
 
-def test_features_at_head_widen_the_classifier_and_at_input_start_as_identity():
-    ids = torch.randint(5, 100, (2, 5))
-    mask = torch.ones_like(ids)
-    feats = torch.randn(2, 3)
-    model = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
-    plain = model(input_ids=ids, attention_mask=mask)["logits"]
-    model.enable_features(3, "input")
-    assert torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain, atol=1e-6)
-    with torch.no_grad():
-        model.feature_projection.weight.normal_()
-    assert not torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain)
-    head = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
-    head.enable_features(3, "head")
-    out = head(input_ids=ids, attention_mask=mask, features=feats)
-    assert out["pooled"].shape == (2, 32 + 3) and torch.equal(out["pooled"][:, -3:], feats)
+@pytest.mark.parametrize("name", ["./bb/nope", "../nope", "/no/such/dir", "~/no-such-dir-plmtune", "a/b/c"])
+def test_a_missing_path_is_not_taken_for_a_hub_name(name):
+    with pytest.raises(PlmtuneError, match=r"Backbone path '.*' does not exist \(looked for /"):
+        resolve_backbone(name)
+
+
+def test_a_missing_path_below_an_existing_folder_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bb").mkdir()
+    with pytest.raises(PlmtuneError, match=r"'bb/nope' does not exist"):
+        resolve_backbone("bb/nope")
+
+
+@pytest.mark.parametrize("name", ["nobody/no-such-model", "bert-base-uncased",
+                                  "sentence-transformers/all-MiniLM-L6-v2"])
+def test_hub_names_pass_through_unchanged(name):
+    assert resolve_backbone(name) == name  # loaded by transformers where the machine is online
+
+
+def test_an_unknown_home_folder_is_one_paragraph():
+    with pytest.raises(PlmtuneError, match=r"'~nosuchuser/x' starts with '~nosuchuser', but there is no user"):
+        resolve_backbone("~nosuchuser/x")
+
+
+def test_a_local_folder_resolves_to_itself_and_a_file_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_backbone(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(PlmtuneError, match=r"config.json is a file, not a model folder"):
+        resolve_backbone(str(tmp_path / "config.json"))

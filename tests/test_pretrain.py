@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from plmtune.config import DataConfig, PretrainConfig, load_recipe
+from plmtune.config import DataConfig
+from plmtune.loading import load_recipe
+from plmtune.stages.pretrain import PretrainConfig
 from plmtune.errors import DataError
 from plmtune.mlm import MaskingCollator
-from plmtune.pretrain import pretrain, read_corpus
+from plmtune.stages.pretrain import pretrain, read_corpus
 from plmtune.selective import important_labels, leave_one_out_scores
 
 
 @pytest.fixture
 def tiny_pretrain(monkeypatch, tokenizer):
     """Pre-train a tiny random BERT (real tokenizer) instead of MiniLM; saved folders load for real."""
-    from plmtune import models, pretrain as pretrain_module, run as run_module
+    from plmtune import assemble, models
+    from plmtune.stages import pretrain as pretrain_module
     from plmtune.models import tiny_bert
 
     real = models.load_backbone
@@ -27,7 +30,7 @@ def tiny_pretrain(monkeypatch, tokenizer):
         return real(name) if Path(str(name)).is_dir() else (tokenizer, tiny_bert(vocab_size=30522, seed=0))
 
     monkeypatch.setattr(pretrain_module, "load_backbone", load)
-    monkeypatch.setattr(run_module, "load_backbone", load)
+    monkeypatch.setattr(assemble, "load_backbone", load)
 
 
 def test_selective_masking_prefers_important_tokens(tokenizer):
@@ -103,7 +106,7 @@ def test_interrupted_pretraining_resumes_mid_epoch_and_ends_as_if_never_stopped(
                                                                                  masking):
     from safetensors.torch import load_file
 
-    from plmtune import pretrain as pretrain_module
+    from plmtune.stages import pretrain as pretrain_module
 
     texts = [f"the {w} sat on a {v} today" for w in ("cat", "dog", "cup", "pen", "owl") for v in ("mat", "bed")] * 4
     # 38 training texts at batch 8: 5 batches an epoch, so the checkpoint at step 6 is mid-epoch
@@ -140,12 +143,22 @@ def test_stop_rule_stops_when_heldout_loss_stops_improving(tmp_path, tiny_pretra
     assert record["best_step"] == min(record["history"], key=lambda h: h["heldout_loss"])["step"]
 
 
-def test_pretrain_then_finetune_in_one_run(tmp_path, tiny_pretrain):
+def test_pretrain_then_finetune_in_one_run(tmp_path, tiny_pretrain, monkeypatch):
+    from plmtune import rundir
     from plmtune.run import run_recipe
 
+    writes, real_write = [], rundir.write_json_atomic
+
+    def counting(path, data):
+        writes.append(Path(path).name)
+        real_write(path, data)
+
+    monkeypatch.setattr(rundir, "write_json_atomic", counting)
+    monkeypatch.setattr("plmtune.run.write_json_atomic", counting)
     recipe = load_recipe("tapt", ["train.epochs=2", "pretrain.max_steps=6", "pretrain.batch_size=8",
                                   "pretrain.eval_every=3"])
     result = run_recipe(recipe, _task(tmp_path), tmp_path / "run", seed=0)
+    assert writes.count("result.json") == 1  # written once, by the pipeline, with the recipe as written
     assert result["pretrain"]["steps"] == 6 and result["pretrain"]["texts"] > 0
     assert result["recipe"]["model"]["backbone"] == "minilm" and result["recipe"]["pretrain"]["max_steps"] == 6
     assert json.loads((tmp_path / "run" / "result.json").read_text())["pretrain"] == result["pretrain"]
@@ -190,7 +203,7 @@ def test_tapt_on_real_sst2_with_the_bundled_model(tmp_path):
     from plmtune.fewshot import make_fewshot
     from plmtune.mlm import mlm_head_for
     from plmtune.models import load_backbone
-    from plmtune.pretrain import run_pretrain_stage
+    from plmtune.stages.pretrain import run_pretrain_stage
 
     make_fewshot(shared_dataset("sst2"), tmp_path / "few", 16, [13])
     cfg = PretrainConfig(max_steps=12, batch_size=16, max_texts=600, eval_every=4, patience=0, lr=3e-4)

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plmtune.config import DataConfig, apply_override, build_recipe, load_recipe
+from plmtune.config import DataConfig
+from plmtune.loading import build_recipe, load_recipe
+from plmtune.recipe_io import apply_override
 from plmtune.data import load_task, read_records
 from plmtune.errors import DataError, RecipeError
 

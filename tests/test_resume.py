@@ -46,7 +46,7 @@ def test_killed_run_resumes_to_the_same_result_and_runs_are_deterministic(toy_ta
     while time.time() < deadline:
         log = killed / "metrics.jsonl"
         steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
-        if steps and max(steps) >= 17 and (killed / "checkpoint" / "checkpoint.pt").is_file():
+        if steps and max(steps) >= 17 and (killed / "checkpoint" / "checkpoint.safetensors").is_file():
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

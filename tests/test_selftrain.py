@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.models import SequenceClassifier, tiny_bert
 from plmtune.per_example import PerExampleGradients
+from plmtune.run import run_recipe
 from plmtune.reweight import meta_weights, meta_weights_by_virtual_step, meta_weights_from_graph, reweighted_loss
 
 
@@ -100,10 +101,10 @@ def test_one_backward_reweighting_equals_the_literal_virtual_step_and_trains_wit
 
 def test_pseudo_label_loss_routes_agree_and_leave_the_shared_encoder_as_found():
     # one_backward=None takes the per-example-capture route; False the reverse-over-reverse one.
-    from plmtune.selftrain import PseudoLabelLoss
+    from plmtune.stages.self_training import PseudoLabelLoss
     from plmtune.technique import TrainContext
 
-    config = load_recipe("list").self_training
+    config = load_recipe("list").stage("self_training")
     pseudo, labelled = _batch(12, flip=4, seed=5), _batch(8, seed=6)
     grads, losses = [], []
     for one_backward in (None, False):
@@ -142,19 +143,20 @@ def _list_recipe(*extra):
 
 def test_self_training_shares_the_frozen_encoder_and_records_each_iteration(toy_task, tmp_path, tiny_backbone,
                                                                              monkeypatch):
-    from plmtune import selftrain
+    from plmtune.stages import self_training
 
     tiny_backbone()
     seen = {}
-    original = selftrain.build_model_and_data
+    original = self_training.prepare
 
     def keep(*args, **kwargs):
-        model, splits = original(*args, **kwargs)
+        prepared = original(*args, **kwargs)
+        model = prepared.model
         seen["model"], seen["encoder"] = model, {k: v.clone() for k, v in model.encoder.state_dict().items()}
-        return model, splits
+        return prepared
 
-    monkeypatch.setattr(selftrain, "build_model_and_data", keep)
-    result = selftrain.run_self_training(_list_recipe(), _toy_with_pool(toy_task), tmp_path / "run", seed=3)
+    monkeypatch.setattr(self_training, "prepare", keep)
+    result = run_recipe(_list_recipe(), _toy_with_pool(toy_task), tmp_path / "run", seed=3)
     history = result["self_training"]["iterations"]
     assert [h["iteration"] for h in history] == [0, 1, 2]
     assert all(h["test"]["n"] == 16 for h in history) and sum(history[1]["pseudo_label_distribution"]) == 16
@@ -168,11 +170,13 @@ def test_self_training_shares_the_frozen_encoder_and_records_each_iteration(toy_
 
 
 def test_self_training_resumes_at_the_interrupted_iteration(toy_task, tmp_path, tiny_backbone, monkeypatch):
-    from plmtune import selftrain
+    from plmtune.assemble import Prepared
+    from plmtune.engine.checkpoint import load_tree
+    from plmtune.stages.self_training import SelfTraining
 
     tiny_backbone()
     task, out = _toy_with_pool(toy_task), tmp_path / "run"
-    real_predict, calls = selftrain.predict_probs, {"predict": 0, "fit": 0}
+    real_predict, calls = SelfTraining.predict_probs, {"predict": 0, "fit": 0}
 
     def crash_in_iteration_two(*args, **kwargs):
         calls["predict"] += 1
@@ -180,23 +184,23 @@ def test_self_training_resumes_at_the_interrupted_iteration(toy_task, tmp_path, 
             raise KeyboardInterrupt("simulated crash")
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(selftrain, "predict_probs", crash_in_iteration_two)
+    monkeypatch.setattr(SelfTraining, "predict_probs", staticmethod(crash_in_iteration_two))
     with pytest.raises(KeyboardInterrupt):
-        selftrain.run_self_training(_list_recipe(), task, out, seed=3)
+        run_recipe(_list_recipe(), task, out, seed=3)
     assert not (out / "result.json").exists()
-    assert torch.load(out / "self_training" / "state.pt", weights_only=False)["iteration"] == 1
+    assert load_tree(out / "self_training" / "state.safetensors")["iteration"] == 1
     with (out / "metrics.jsonl").open("a") as log:  # records of the lost iteration, the last one torn by the kill
         log.write('{"type": "train", "iteration": 2, "step": 1, "loss": 0.5}\n{"type": "tra')
 
-    real_fit = selftrain.fit
+    real_fit = Prepared.fit
 
     def counting_fit(*args, **kwargs):
         calls["fit"] += 1
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(selftrain, "predict_probs", real_predict)
-    monkeypatch.setattr(selftrain, "fit", counting_fit)
-    result = selftrain.run_self_training(_list_recipe(), task, out, seed=3, resume=True)
+    monkeypatch.setattr(SelfTraining, "predict_probs", staticmethod(real_predict))
+    monkeypatch.setattr(Prepared, "fit", counting_fit)
+    result = run_recipe(_list_recipe(), task, out, seed=3, resume=True)
     assert calls["fit"] == 2  # iteration 2 only: its student and the labelled finish; no teacher again
     assert [h["iteration"] for h in result["self_training"]["iterations"]] == [0, 1, 2]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -205,31 +209,31 @@ def test_self_training_resumes_at_the_interrupted_iteration(toy_task, tmp_path, 
 
 
 def test_self_distillation_trains_a_student_on_soft_labels(toy_task, tmp_path, tiny_backbone, monkeypatch):
-    from plmtune import selftrain
+    from plmtune.stages.self_distillation import SoftTargetLoss
 
     tiny_backbone()
     used = []
-    real = selftrain.SoftTargetLoss.adjust_loss
+    real = SoftTargetLoss.adjust_loss
 
     def spy(self, loss, outputs, batch, ctx):
         used.append(batch["soft_labels"].sum(-1))
         return real(self, loss, outputs, batch, ctx)
 
-    monkeypatch.setattr(selftrain.SoftTargetLoss, "adjust_loss", spy)
+    monkeypatch.setattr(SoftTargetLoss, "adjust_loss", spy)
     recipe = load_recipe("self_distill", ["train.epochs=2", "train.lr=1e-3"])
-    result = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1)
+    result = run_recipe(recipe, toy_task, tmp_path / "run", seed=1)
     assert [r["round"] for r in result["self_distillation"]["rounds"]] == [0, 1]
     assert used and all(torch.allclose(s, torch.ones_like(s)) for s in used)  # teacher probabilities per row
 
 
 def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result(toy_task, tmp_path, tiny_backbone,
                                                                                  monkeypatch):
-    from plmtune import selftrain
+    from plmtune.assemble import Prepared
 
     tiny_backbone()
     recipe = load_recipe("self_distill", ["train.epochs=2", "train.lr=1e-3", "self_distillation.rounds=2"])
-    whole = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "whole", seed=1)
-    real_fit, calls = selftrain.fit, []
+    whole = run_recipe(recipe, toy_task, tmp_path / "whole", seed=1)
+    real_fit, calls = Prepared.fit, []
 
     def crash_in_round_two(*args, **kwargs):
         calls.append(1)
@@ -237,12 +241,12 @@ def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result
             raise KeyboardInterrupt("simulated crash")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(selftrain, "fit", crash_in_round_two)
+    monkeypatch.setattr(Prepared, "fit", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
-        selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1)
+        run_recipe(recipe, toy_task, tmp_path / "run", seed=1)
     assert not (tmp_path / "run" / "result.json").exists()
     calls.clear()
-    result = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
+    result = run_recipe(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
     assert len(calls) == 1  # round 2 only
     assert [r["round"] for r in result["self_distillation"]["rounds"]] == [0, 1, 2]
     assert result["test"] == whole["test"]
@@ -252,7 +256,7 @@ def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result
     # Killed after the last round but before result.json: the resume trains nothing and writes the same record.
     (tmp_path / "run" / "result.json").unlink()
     calls.clear()
-    again = selftrain.run_self_distillation(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
+    again = run_recipe(recipe, toy_task, tmp_path / "run", seed=1, resume=True)
     assert calls == [] and again["test"] == whole["test"]
     assert again["parameters"] == whole["parameters"] and again["sizes"] == whole["sizes"]
 

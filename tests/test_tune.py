@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.errors import PlmtuneError
 from plmtune.tune import search_space, tune
 
@@ -37,3 +37,19 @@ def test_tune_needs_a_dev_split(tmp_path, write_jsonl):
     write_jsonl("train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
     with pytest.raises(PlmtuneError, match="needs a dev split"):
         tune(load_recipe("baseline"), tmp_path, tmp_path / "o", 1, 0)
+
+
+def test_tune_refuses_a_stage_it_cannot_run_per_trial_by_name(toy_task, tmp_path):
+    with pytest.raises(PlmtuneError, match="cannot tune a recipe with a pretrain stage"):
+        tune(load_recipe("tapt"), toy_task, tmp_path / "t", budget_minutes=1, seed=0, max_trials=1)
+    assert not (tmp_path / "t" / "trials").exists()
+
+
+def test_tune_runs_the_recipes_stage_in_every_trial(toy_task, tmp_path, tiny_backbone):
+    tiny_backbone(num_layers=1)
+    recipe = load_recipe("self_distill", ["train.epochs=1"])
+    tune(recipe, toy_task, tmp_path / "t", budget_minutes=5, seed=0, max_trials=1)
+    trial = json.loads((tmp_path / "t" / "trials" / "trial-0" / "result.json").read_text())
+    final = json.loads((tmp_path / "t" / "final" / "result.json").read_text())
+    assert [r["round"] for r in trial["self_distillation"]["rounds"]] == [0, 1]  # not plain fine-tuning
+    assert "self_distillation" in final

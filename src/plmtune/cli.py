@@ -6,6 +6,8 @@ import argparse
 import fnmatch
 import json
 import logging
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from .errors import PlmtuneError
 
 
 def _recipe(args: argparse.Namespace):
-    from .config import load_recipe
+    from .loading import load_recipe
 
     overrides = list(args.set or [])
     if getattr(args, "seed", None) is not None:
@@ -39,13 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .pretrain import run_pretrain_stage
+    from .stages.pretrain import run_pretrain_stage
 
     recipe = _recipe(args)
-    if recipe.pretrain is None:
+    cfg = recipe.stage("pretrain")
+    if cfg is None:
         raise PlmtuneError(f"Recipe '{recipe.name}' has no pretrain section; use 'tapt', 'tapt_static', "
                            "'tapt_selective' or add one.")
-    cfg, data = recipe.pretrain, Path(args.data)
+    data = Path(args.data)
     if data.is_file():  # a domain corpus (DAPT) rather than a task folder (TAPT)
         cfg, data = dataclasses.replace(cfg, corpus=str(data)), None
     record = run_pretrain_stage(cfg, recipe.model.backbone, data, args.out, recipe.data, recipe.train.seed,
@@ -58,37 +61,43 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_recipe
+    from .loading import check_requirements, load_recipe
 
     failed = 0
     for path in args.recipes:
         try:
             recipe = load_recipe(path, args.set or [])
+            check_requirements(recipe)
         except PlmtuneError as err:
             print(f"{path}: INVALID: {err}", file=sys.stderr)
             failed += 1
         else:
             names = ", ".join(t.name for t in recipe.techniques) or "none"
-            stages = [name for name in ("pretrain", "self_training", "self_distillation") if getattr(recipe, name)]
+            # pre-training first, as it runs (the recipe keeps the training stage first)
+            stages = sorted((s.name for s in recipe.stages), key=lambda name: name != "pretrain")
             staged = f"; stages: {', '.join(stages)}" if stages else ""
             print(f"{path}: ok (recipe '{recipe.name}', techniques: {names}{staged})")
     return 2 if failed else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .config import recipe_to_yaml
+    from .recipe_io import recipe_to_yaml
 
     print(recipe_to_yaml(_recipe(args)), end="")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .config import RECIPES_DIR, read_raw_recipe
-    from .technique import registry
+    from .config import RECIPES_DIR
+    from .recipe_io import read_raw_recipe
+    from .stages import registry as stages
+    from .techniques import registry
 
     if args.what == "techniques":
         items = {name: (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
                  for name, cls in registry().items()}
+    elif args.what == "stages":
+        items = {name: f"[{cls.kind}] {cls.summary}" for name, cls in stages().items()}
     else:
         items = {path.stem: str(read_raw_recipe(path).get("description", ""))
                  for path in RECIPES_DIR.glob("*.yaml")}
@@ -134,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_peer(args: argparse.Namespace) -> int:
     from .bench.peers import run_peer
-    from .run import prepare_out_dir, write_json_atomic
+    from .rundir import prepare_out_dir, write_json_atomic
 
     out = Path(args.out)
     prepare_out_dir(out)
@@ -149,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import run_suite
     from .bench.suite import load_suite
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, data_root=args.data_root)
     methods = args.methods.split(",") if args.methods else None
     unknown = sorted(set(methods or []) - {m.name for m in suite.methods})
     if unknown:
@@ -168,8 +177,57 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the project's one-paragraph rule) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # "argument --seeds: must be ..." reads better as "--seeds must be ..." (the types below say "must").
+        match = re.fullmatch(r"argument (\S+): (must .*)", message, flags=re.DOTALL)
+        if match:
+            message = f"{match.group(1)} {match.group(2)}"
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def seed_list(text: str) -> str:
+    """argparse type of --seeds: comma-separated integers, at least one; returned as '13,21'."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        seeds = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got '{text}'") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"must list at least one seed, got '{text}'")
+    return ",".join(str(seed) for seed in seeds)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # NaN would never time out, inf never either
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of minutes, got '{text}'")
+    return value
+
+
+def directory(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plmtune", description=__doc__)
+    parser = _Parser(prog="plmtune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -204,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(p)
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("list", help="list techniques or shipped recipes")
-    p.add_argument("what", choices=("techniques", "recipes"))
+    p = sub.add_parser("list", help="list techniques, stages or shipped recipes")
+    p.add_argument("what", choices=("techniques", "recipes", "stages"))
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=cmd_list)
 
@@ -215,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("src", help="dataset folder (train/dev/test or a single all.* file)")
     q.add_argument("out", help="output folder; one subfolder K-SEED per seed")
     q.add_argument("--k", type=int, default=16, help="examples per class (default 16)")
-    q.add_argument("--seeds", default="13,21,42,87,100", help="comma-separated seeds")
+    q.add_argument("--seeds", type=seed_list, default="13,21,42,87,100", help="comma-separated seeds")
     q.add_argument("--text-field", default="text")
     q.add_argument("--text-pair-field", default="text_pair")
     q.add_argument("--label-field", default="label")
@@ -230,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_peer)
 
     p = sub.add_parser("bench", help="run a suite: methods x tasks x K x seeds, each run in its own process")
-    p.add_argument("suite", help="a suite file, or the name of one in benchmarks/suites")
+    p.add_argument("suite", help="a suite file, or the name of a shipped one (smoke, fewshot, cost)")
     p.add_argument("--out", required=True, help="bench folder; a re-run skips finished runs")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="runs at once (each then gets 1 CPU thread)")
+    p.add_argument("--data-root", type=directory,
+                   help="folder holding the suite's task folders (default: the suite's data_root)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=1, help="runs at once (each then gets 1 CPU thread)")
     p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
     p.add_argument("--methods", help="comma-separated method names to run (default: all)")
     p.set_defaults(func=cmd_bench)
@@ -244,22 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search LR and technique knobs on dev with Optuna, then test once")
     recipe_args(p)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", type=directory, required=True, help="task folder with train and dev splits")
     p.add_argument("--out", required=True)
-    p.add_argument("--budget", type=float, required=True, help="minutes of search")
-    p.add_argument("--trials", type=int, help="stop after this many trials")
+    p.add_argument("--budget", type=positive_minutes, required=True, help="minutes of search")
+    p.add_argument("--trials", type=positive_int, help="stop after this many trials")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune")
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
-    p.add_argument("--seeds", default="13,21,42")
+    p.add_argument("--seeds", type=seed_list, default="13,21,42", help="comma-separated seeds")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error (exit 2) or --help (exit 0): return it like any other code
+        return 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -269,9 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:
         # A full disk or a vanished folder mid-run: say which file, keep the paragraph short.
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"plmtune: error: could not read or write a file{where}: {err.strerror or err}. "
-              "Nothing partial was left behind: results are written to a temp file and renamed.", file=sys.stderr)
+        # Promise nothing about partial files here: not every file every command writes is atomic.
+        where = err.filename if err.filename else "a file"
+        print(f"plmtune: error: could not read or write {where}: {err.strerror or err}. A file being written at "
+              "that moment may be incomplete, except those plmtune writes through a temp file and a rename "
+              "(result.json, bench.json, suite.json, few-shot splits, report.md/html), which are whole or absent.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plmtune: interrupted", file=sys.stderr)

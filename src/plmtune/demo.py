@@ -95,8 +95,9 @@ DEMO_OVERRIDES = ["train.epochs=8"]
 
 def run_demo(out: Path, seeds: list[int], progress: bool = False) -> dict[str, Any]:
     """Train baseline and LLRD on the demo data over `seeds`; print a table and write results."""
-    from .config import load_recipe
-    from .run import run_finetune, write_json_atomic
+    from .loading import load_recipe
+    from .run import run_recipe
+    from .rundir import write_json_atomic
 
     data = write_demo_data(out / "data")
     results: dict[str, list[dict]] = {}
@@ -104,7 +105,7 @@ def run_demo(out: Path, seeds: list[int], progress: bool = False) -> dict[str, A
         recipe = load_recipe(name, DEMO_OVERRIDES)
         for seed in seeds:
             print(f"[demo] {name}, seed {seed} ...", flush=True)
-            result = run_finetune(recipe, data, out / "runs" / name / f"seed-{seed}", seed=seed, progress=progress)
+            result = run_recipe(recipe, data, out / "runs" / name / f"seed-{seed}", seed=seed, progress=progress)
             results.setdefault(name, []).append(result)
     summary = {}
     print(f"\nDemo: {len(seeds)} seeds on {data} (test n={SIZES['test']})")

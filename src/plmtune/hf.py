@@ -33,9 +33,11 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .config import Recipe, TrainConfig, build_recipe
+from .config import Recipe, TrainConfig
 from .engine.optim import build_optimizer, linear_schedule
-from .technique import Technique, TrainContext, build_techniques
+from .loading import build_recipe
+from .technique import Technique, TrainContext
+from .techniques import build_techniques
 
 
 @dataclass
@@ -71,8 +73,9 @@ class TechniqueCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):  # noqa: ANN001
         ctx = self.bridge.ctx
-        ctx.model = model or ctx.model
-        ctx.train_loader = train_dataloader
+        # a fresh per-fit state, as plmtune's own loop gives every fit (see plmtune.technique)
+        ctx.start_fit(model=model or ctx.model, optimizer=ctx.optimizer, total_steps=ctx.total_steps,
+                      train_loader=train_dataloader)
         for technique in self.bridge.techniques:
             technique.on_fit_start(ctx)
 

@@ -47,11 +47,13 @@ from torch.func import functional_call, grad, jvp
 
 from .per_example import PerExampleGradients, surrogate_loss
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "features")
+NOT_INPUTS = ("labels",)
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    # The model gets the batch as the training loop gives it (every field but the labels); models
+    # ignore fields they do not read, so a technique's declared batch field needs no entry here.
+    return {k: v for k, v in batch.items() if k not in NOT_INPUTS}
 
 
 def _setup(model: torch.nn.Module):

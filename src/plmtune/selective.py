@@ -20,26 +20,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .assemble import prepare
+from .config import SECTIONS, DataConfig, Recipe
+from .data import load_task
 from .errors import DataError
+from .models import load_backbone
+from .recipe_io import read_raw_recipe
+from .rundir import MetricLog
+from .validate import build_dataclass
+
+
+def task_model_recipe(backbone: str) -> Recipe:
+    """The shipped ``baseline`` recipe on `backbone` (it has no techniques and no stage)."""
+    raw = read_raw_recipe("baseline")
+    raw["model"] = {**(raw.get("model") or {}), "backbone": backbone}
+    return Recipe(name=str(raw.get("name", "baseline")),
+                  **{name: build_dataclass(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
 
 
 def _task_model(task_dir: Path, data: DataConfig, backbone: str, seed: int):
-    from .config import load_recipe
-    from .data import PadCollator, eval_loader, load_task, train_loader
-    from .engine.loop import MetricLog, fit
-    from .run import build_model_and_data, encode
-    from .technique import TrainContext
-
-    recipe = load_recipe("baseline", [f"model.backbone={backbone}"])
+    recipe = task_model_recipe(backbone)
     task = load_task(task_dir, data, need=("train",))
-    ctx = TrainContext(recipe=recipe, seed=seed, num_labels=task.num_labels, task_name=task.name)
-    model, splits = build_model_and_data(recipe, dict(task.splits), [], ctx)
-    collate = PadCollator(ctx.tokenizer.pad_token_id or 0)
-    dev = eval_loader(encode(splits["dev"], ctx), 64, collate) if "dev" in splits else None
-    fit(model, [], ctx, train_loader(encode(splits["train"], ctx), recipe.train.batch_size, seed, collate), dev,
-        recipe.train, MetricLog(None))
-    return ctx.bare_model().cpu().eval(), ctx.tokenizer, splits["train"]
+    # The caller seeded every RNG already; seeding again here would change the masks that follow.
+    prepared = prepare(recipe, task, seed, seed_rng=False)
+    fitted = prepared.fit(MetricLog(None), cfg=recipe.train)
+    return fitted.bare_model().cpu().eval(), prepared.ctx.tokenizer, prepared.splits["train"]
 
 
 def _pad(sequences: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -101,8 +106,6 @@ def train_token_classifier(states: list[torch.Tensor], labels: list[list[int]], 
 def importance_weights(corpus_ids: list[list[int]], task_dir: Path | None, data: DataConfig, backbone: str,
                        seed: int, share: float, tokenizer: Any) -> list[list[float]]:
     """Per-token probabilities of being task-important for every corpus sequence (steps 1-4 above)."""
-    from .models import load_backbone
-
     if task_dir is None or not Path(task_dir).is_dir():
         raise DataError(Path(str(task_dir)), "selective masking needs the task's labelled train split to find "
                                             "important tokens (pretrain.masking: selective).")

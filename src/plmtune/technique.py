@@ -24,21 +24,43 @@ on_fit_start ...       events: on_fit_start, on_step_end, on_epoch_end, on_evalu
                        on_evaluate_end (around each dev evaluation and checkpoint pick), on_fit_end
 state_dict             technique state saved in checkpoints (load_state_dict restores it)
 =====================  ======================================================================
+
+**Lifecycle.** A run has one :class:`TrainContext`: the recipe, the seed, the tokenizer, the
+labels, ``frozen`` and ``extras`` (valid from the start of the run). Each fit gets a fresh
+:class:`FitState` (step, epoch, total_steps, model, optimizer, accelerator, train_loader,
+restored_best), made by :func:`plmtune.engine.loop.fit`: at ``on_fit_start`` ``ctx.step`` and
+``ctx.epoch`` are 0 (or the checkpoint's values when a fit resumes). The rule for techniques:
+``prepare_data`` and ``prepare_model`` run once per model (the assembler,
+:mod:`plmtune.assemble`); every fit gets *freshly built* technique objects, so state a
+technique keeps between ``on_fit_start`` and ``on_fit_end`` (EMA's shadow, ChildTuning-D's
+mask) never leaks from one fit into the next. A technique object serves one fit; the loop
+refuses one that already served another.
+
+**The adjust_loss chain.** On entry to the first technique, ``loss`` is the batch mean of the
+per-example cross-entropy, and ``outputs["per_example_loss"]`` holds those per-example values.
+Each technique receives the previous one's result and returns the loss to use; it may add a
+term to it (R-Drop), rescale it, or replace it (a stage's loss, which the stages append last).
+Techniques run in recipe order, stage losses after the recipe's techniques; a technique that
+needs plain cross-entropy reads ``outputs["per_example_loss"]``, not ``loss``.
+
+**Declarations.** ``batch_fields`` names the per-row fields a technique adds in
+``prepare_data`` that must reach the batch (``{"features": "float32"}``): the data core carries
+exactly the declared fields and names none itself. ``requires`` names the modules a technique
+imports lazily (``("peft",)``); ``plmtune validate`` checks they are importable. ``report()``
+returns diagnostics for result.json, where they appear under ``techniques.<name>`` (so do the
+``ctx.extras`` entries a technique writes while the model and data are prepared).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from .errors import RecipeError, suggest
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import Recipe, TechniqueSpec
+    from .config import Recipe
 
 HOOKS = (
     "prepare_data",
@@ -60,26 +82,57 @@ HOOKS = (
 EXCLUSIVE_HOOKS = ("param_groups",)
 
 
-@dataclass
-class TrainContext:
-    """What hooks may see. Hooks read it and may keep their own notes in `extras`."""
+class FitState:
+    """Per-fit state: made fresh by every fit, so no fit sees another's step, epoch or objects."""
 
-    recipe: Recipe
-    seed: int
-    tokenizer: Any = None
-    model: Any = None
-    optimizer: Any = None
-    accelerator: Any = None
-    train_loader: Any = None
-    num_labels: int = 0
-    task_name: str = ""
-    step: int = 0
-    epoch: int = 0
-    total_steps: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-    # Parameter names a technique guarantees stay unchanged during the whole fit (a frozen
-    # encoder): the loop's best-weights snapshot skips them, so it costs the trainable share only.
-    frozen: set[str] = field(default_factory=set)
+    def __init__(self, step: int = 0, epoch: int = 0, total_steps: int = 0, model: Any = None,
+                 optimizer: Any = None, accelerator: Any = None, train_loader: Any = None):
+        self.step, self.epoch, self.total_steps = step, epoch, total_steps
+        self.model, self.optimizer, self.accelerator, self.train_loader = model, optimizer, accelerator, train_loader
+        self.restored_best = False  # the fit ended by loading its best dev evaluation's weights
+
+
+def _per_fit(name: str) -> property:
+    def get(ctx: TrainContext) -> Any:
+        return getattr(ctx.fit_state, name)
+
+    def put(ctx: TrainContext, value: Any) -> None:
+        setattr(ctx.fit_state, name, value)
+
+    return property(get, put, doc=f"The current fit's {name} (see FitState).")
+
+
+class TrainContext:
+    """What hooks may see: the run's context and, through the same attributes, the current fit's state.
+
+    Per run: ``recipe``, ``seed``, ``tokenizer``, ``num_labels``, ``task_name``, ``frozen`` (parameter
+    names a technique guarantees stay unchanged during every fit: the loop's best-weights snapshot
+    skips them) and ``extras`` (a technique's notes while the model and data are prepared). Per
+    fit (``fit_state``, replaced by :meth:`start_fit`): ``step``, ``epoch``, ``total_steps``,
+    ``model``, ``optimizer``, ``accelerator``, ``train_loader``, ``restored_best``.
+    """
+
+    step = _per_fit("step")
+    epoch = _per_fit("epoch")
+    total_steps = _per_fit("total_steps")
+    model = _per_fit("model")
+    optimizer = _per_fit("optimizer")
+    accelerator = _per_fit("accelerator")
+    train_loader = _per_fit("train_loader")
+    restored_best = _per_fit("restored_best")
+
+    def __init__(self, recipe: Recipe, seed: int, tokenizer: Any = None, num_labels: int = 0, task_name: str = "",
+                 extras: dict[str, Any] | None = None, frozen: set[str] | None = None, **fit: Any):
+        self.recipe, self.seed, self.tokenizer = recipe, seed, tokenizer
+        self.num_labels, self.task_name = num_labels, task_name
+        self.extras: dict[str, Any] = {} if extras is None else extras
+        self.frozen: set[str] = set() if frozen is None else frozen
+        self.fit_state = FitState(**fit)  # before any fit: what a caller such as the HF bridge sets
+
+    def start_fit(self, **fit: Any) -> FitState:
+        """Begin a fit with fresh per-fit state (step 0, epoch 0) and return it."""
+        self.fit_state = FitState(**fit)
+        return self.fit_state
 
     def bare_model(self) -> Any:
         """The model without the engine's wrappers (DDP and the like), whose names are the plain ones."""
@@ -93,6 +146,8 @@ class Technique:
     config_class: type = type(None)
     conflicts_with: dict[str, str] = {}  # other technique -> why the two cannot be combined
     search_space: dict[str, tuple] = {}  # config field -> (low, high[, "log"]) for `plmtune tune`
+    batch_fields: dict[str, str] = {}  # per-row field -> torch dtype name, carried into the batch
+    requires: tuple[str, ...] = ()  # modules imported lazily; `plmtune validate` checks them
 
     def __init__(self, config: Any):
         self.config = config
@@ -137,6 +192,10 @@ class Technique:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def report(self) -> dict[str, Any]:
+        """Diagnostics for result.json (under ``techniques.<name>``); not a hook: read once, after the run."""
+        return {}
+
     @classmethod
     def overridden_hooks(cls) -> tuple[str, ...]:
         """The hooks this class really implements (used to check compositions)."""
@@ -163,52 +222,6 @@ def register(name: str, config_class: type) -> Callable[[type[Technique]], type[
     return decorator
 
 
-def registry() -> dict[str, type[Technique]]:
-    from . import techniques  # noqa: F401  (importing registers the built-in techniques)
-
+def registered() -> dict[str, type[Technique]]:
+    """The techniques registered so far; :func:`plmtune.techniques.registry` also loads the built-in ones."""
     return dict(_REGISTRY)
-
-
-def list_techniques() -> list[str]:
-    return sorted(registry())
-
-
-def resolve_technique(entry: Any, where: str) -> TechniqueSpec:
-    """Turn a recipe entry such as {name: llrd, decay: 0.8} into a validated spec."""
-    from .config import TechniqueSpec, build_dataclass
-
-    if isinstance(entry, str):
-        entry = {"name": entry}
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise RecipeError(f"{where} must be a mapping with a 'name' key, got {entry!r}.")
-    name = entry["name"]
-    known = registry()
-    if name not in known:
-        raise RecipeError(f"{where}: unknown technique '{name}'.{suggest(str(name), known)}")
-    config = build_dataclass(known[name].config_class, entry, f"{where}({name})", skip=("name",))
-    return TechniqueSpec(name=name, config=config)
-
-
-def check_composition(recipe: Recipe) -> None:
-    """Reject technique combinations that cannot work together, with the reason."""
-    known = registry()
-    names = [spec.name for spec in recipe.techniques]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise RecipeError(f"Technique(s) listed twice: {', '.join(duplicates)}. List each once.")
-    for hook in EXCLUSIVE_HOOKS:
-        providers = [n for n in names if hook in known[n].overridden_hooks()]
-        if len(providers) > 1:
-            raise RecipeError(
-                f"Techniques {', '.join(providers)} all build optimiser parameter groups ({hook}); "
-                "a recipe may use only one of them."
-            )
-    for name in names:
-        for other, reason in known[name].conflicts_with.items():
-            if other in names:
-                raise RecipeError(f"Technique '{name}' cannot be combined with '{other}': {reason}")
-
-
-def build_techniques(recipe: Recipe) -> list[Technique]:
-    known = registry()
-    return [known[spec.name](spec.config) for spec in recipe.techniques]

@@ -1,5 +1,9 @@
 """`plmtune tune`: search a recipe's knobs on the dev split with Optuna, then test once.
 
+Each trial runs the whole recipe (:func:`plmtune.run.run_recipe`): a self-training or
+self-distillation recipe is tuned as such, not as plain fine-tuning. A stage that cannot run once
+per trial (further pre-training, ``Stage.tunable``) is refused by name.
+
 The search space is the learning rate (log-uniform) plus each technique's own knobs, which a
 technique declares on its class as ``search_space = {"field": (low, high)}`` (a float range; a
 ``log`` third element samples log-uniformly). Trials are full fine-tuning runs scored by the
@@ -21,10 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe, apply_override, build_recipe
-from .errors import PlmtuneError
-from .run import run_finetune, write_json_atomic
-from .technique import registry
+from .config import Recipe
+from .errors import PlmtuneError, RecipeError
+from .loading import build_recipe
+from .recipe_io import apply_override
+from .run import run_recipe
+from .rundir import write_json_atomic
+from .stages import plan
+from .techniques import registry
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
     import optuna
 
     task_dir, out = Path(task_dir), Path(out)
+    pre, (stage, _) = plan(recipe)
+    for refused in [s for s, _ in pre if not s.tunable] + ([] if stage.tunable else [stage]):
+        raise RecipeError(f"plmtune tune cannot tune a recipe with a {refused.name} stage: every trial would run "
+                          f"{refused.name} again. Run it once (e.g. 'plmtune pretrain'), then tune the recipe "
+                          "without that section on its result.")
     if not any(task_dir.glob("dev.*")):
         raise PlmtuneError(f"Tuning needs a dev split in {task_dir} to score trials on.")
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +85,7 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
     def objective(trial: optuna.Trial) -> float:
         values = {path: trial.suggest_float(path, b[0], b[1], log=len(b) > 2 and b[2] == "log")
                   for path, b in space.items()}
-        result = run_finetune(resolved(values), dev_only, out / "trials" / f"trial-{trial.number}", seed=seed)
+        result = run_recipe(resolved(values), dev_only, out / "trials" / f"trial-{trial.number}", seed=seed)
         score = (result["dev"] or {}).get(recipe.train.select_metric, float("nan"))
         trials.append({"number": trial.number, "values": values, "dev": score, "seconds": result["train_seconds"]})
         logger.info("trial %d: %s -> dev %s %.4f", trial.number, values, recipe.train.select_metric, score)
@@ -88,7 +101,7 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
     if not trials:
         raise PlmtuneError("No trial finished within the budget; give tune more minutes.")
     best = study.best_trial
-    final = run_finetune(resolved(best.params), task_dir, out / "final", seed=seed)
+    final = run_recipe(resolved(best.params), task_dir, out / "final", seed=seed)
     summary = {"space": {k: list(v) for k, v in space.items()}, "trials": trials, "best_values": best.params,
                "best_dev": best.value, "search_seconds": round(time.perf_counter() - start, 1),
                "final_test": final["test"], "seed": seed}

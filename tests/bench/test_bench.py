@@ -43,10 +43,24 @@ def test_bad_suites_are_rejected_before_any_run(tmp_path, methods, message):
         load_suite(_suite(tmp_path, methods))
 
 
-def test_shipped_suites_load():
-    for name in ("fewshot", "smoke"):
+def test_shipped_suites_load(monkeypatch):
+    # Shipped suites read data_root from the current folder (the repository root in the README).
+    monkeypatch.chdir(REPO)
+    for name in ("fewshot", "smoke", "cost"):
         suite = load_suite(REPO / "benchmarks" / "suites" / f"{name}.yaml")
         assert suite.baseline in [m.name for m in suite.methods]
+        assert suite.data_root == shared_dataset("sst2").parent.resolve()
+
+
+def test_shipped_suites_live_in_the_package_and_take_a_data_root_from_anywhere(tmp_path, monkeypatch):
+    from plmtune.bench.suite import SUITES_DIR
+
+    monkeypatch.chdir(tmp_path)  # no ../shared/data here
+    with pytest.raises(RecipeError, match=r"tasks\[0\]: task folder .* does not exist.*--data-root"):
+        load_suite("smoke")
+    suite = load_suite("smoke", data_root=shared_dataset("sst2").parent)
+    assert suite.path.parent == SUITES_DIR and SUITES_DIR.parent.name == "bench"
+    assert (REPO / "benchmarks" / "suites").resolve() == SUITES_DIR  # the repo's old path still works
 
 
 def test_run_key_changes_with_recipe_data_and_seed(tmp_path):

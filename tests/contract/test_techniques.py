@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from plmtune.config import build_recipe, load_recipe
-from plmtune.technique import list_techniques, registry
+from plmtune.loading import build_recipe, load_recipe
+from plmtune.techniques import list_techniques, registry
 from plmtune.run import run_finetune
 
 # Options a technique needs to run on the toy task (everything else stays at its defaults).

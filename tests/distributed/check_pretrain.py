@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from plmtune.mlm import MaskingCollator, mlm_head_for
 from plmtune.models import tiny_bert
-from plmtune.pretrain import MaskedLM, _heldout_loss
+from plmtune.stages.pretrain import MaskedLM, _heldout_loss
 
 
 class Vocabulary:

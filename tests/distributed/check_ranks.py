@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from plmtune.models import SequenceClassifier, tiny_bert
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.technique import TrainContext
 from plmtune.techniques.child_tuning import ChildTuning, ChildTuningConfig, fisher_information, top_fraction_masks
 from plmtune.techniques.noisytune import NoisyTuneConfig, add_noise

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.data import EncodedSplit, PadCollator, eval_loader, load_task, train_loader
 from plmtune.engine.loop import MetricLog, fit
 from plmtune.errors import TrainingError

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmtune.config import TrainConfig, load_recipe
+from plmtune.config import TrainConfig
+from plmtune.loading import load_recipe
 from plmtune.engine.optim import build_optimizer, default_param_groups, linear_schedule
 from plmtune.technique import TrainContext
 

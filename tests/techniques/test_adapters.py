@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from plmtune.config import build_recipe, load_recipe
+from plmtune.loading import build_recipe, load_recipe
 from plmtune.errors import RecipeError
 from plmtune.models import SequenceClassifier, tiny_bert
 from plmtune.technique import TrainContext
@@ -64,18 +64,19 @@ def test_config_is_checked():
 def test_frozen_encoder_weights_are_bit_identical_after_training(toy_task, tmp_path, tiny_backbone, monkeypatch,
                                                                   train_layernorm):
     from plmtune import run as run_module
+    from plmtune.stages import finetune
 
     tiny_backbone()
     built = {}
-    original = run_module.build_model_and_data
+    original = finetune.prepare
 
     def keep(*args, **kwargs):
-        model, splits = original(*args, **kwargs)
-        built["model"] = model
+        prepared = original(*args, **kwargs)
+        built["model"] = model = prepared.model
         built["before"] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-        return model, splits
+        return prepared
 
-    monkeypatch.setattr(run_module, "build_model_and_data", keep)
+    monkeypatch.setattr(finetune, "prepare", keep)
     recipe = load_recipe("baseline", ["train.epochs=3", "train.lr=1e-2"])
     recipe = dataclasses.replace(recipe, techniques=build_recipe(
         {"techniques": [{"name": "adapters", "size": 8, "train_layernorm": train_layernorm}]}).techniques)

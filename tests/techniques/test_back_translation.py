@@ -7,7 +7,7 @@ import json
 import pytest
 
 from plmtune.augment.backtranslate import Translator
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.errors import PlmtuneError
 from plmtune.technique import TrainContext
 from plmtune.techniques.back_translation import BackTranslation, BackTranslationConfig

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.engine.optim import default_param_groups
 from plmtune.models import SequenceClassifier, tiny_bert
 from plmtune.technique import TrainContext
@@ -174,3 +174,44 @@ def test_d_without_fisher_pass_fails_loudly():
     _loss(model, _batch()).backward()
     with pytest.raises(RuntimeError, match="Fisher pass has not run"):
         opt.step()
+
+
+def test_f_without_decay_masked_never_decays_masked_entries_embeddings_included():
+    """decay_masked: false spares every entry whose gradient was masked this step (embedding rows too)."""
+    model = _model()
+    technique, opt, _ = _wrapped(ChildTuningConfig(mode="F", reserve_p=0.5, decay_masked=False), model,
+                                 inner="sgd", weight_decay=0.1)
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    emb = model.encoder.embeddings.word_embeddings.weight
+    dense = model.encoder.encoder.layer[0].intermediate.dense.weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    emb.grad[[3, 7]] = 1.0  # only two tokens were in the batch
+    dense.grad.fill_(1.0)
+    opt.step()
+    for param, name in ((emb, "encoder.embeddings.word_embeddings.weight"),
+                        (dense, "encoder.encoder.layer.0.intermediate.dense.weight")):
+        old = before[name]
+        kept = param.grad != 0  # the survivors of this step's mask (their gradient was 1 before scaling)
+        assert 0 < kept.sum() < kept.numel()
+        assert torch.equal(param.detach()[~kept], old[~kept]), name  # masked: neither stepped nor decayed
+        # kept: SGD step plus decoupled decay, w <- w(1 - lr*wd) - lr*g/p', with lr = 0.1 and wd = 0.1
+        p_eff = technique.keep_levels / 256
+        expected = old[kept] * (1 - 0.1 * 0.1) - 0.1 * (1 / p_eff)
+        assert torch.allclose(param.detach()[kept], expected, atol=1e-6), name
+    assert torch.equal(emb.detach()[[0, 1, 2, 4]], before["encoder.embeddings.word_embeddings.weight"][[0, 1, 2, 4]])
+
+
+def test_f_with_decay_masked_decays_every_entry():
+    model = _model()
+    _, opt, _ = _wrapped(ChildTuningConfig(mode="F", reserve_p=0.5), model, inner="sgd", weight_decay=0.1)
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    emb = model.encoder.embeddings.word_embeddings.weight
+    old = emb.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # no gradient anywhere: only the inner optimiser's decay acts, on every entry
+    assert torch.allclose(emb.detach(), old * (1 - 0.1 * 0.1))

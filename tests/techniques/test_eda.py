@@ -7,7 +7,7 @@ import pytest
 
 from plmtune.augment import eda as ops
 from plmtune.augment.wordnet import load
-from plmtune.config import build_recipe, load_recipe
+from plmtune.loading import build_recipe, load_recipe
 from plmtune.errors import PlmtuneError, RecipeError
 from plmtune.technique import TrainContext
 from plmtune.techniques.eda import EDA, EDAConfig

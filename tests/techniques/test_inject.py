@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmtune.config import build_recipe, load_recipe
+from plmtune.loading import build_recipe, load_recipe
 from plmtune.errors import DataError, RecipeError
 from plmtune.models import SequenceClassifier, tiny_bert
 from plmtune.technique import TrainContext
-from plmtune.techniques.inject import Inject, InjectConfig, read_embeddings
+from plmtune.techniques.inject import FeatureClassifier, Inject, InjectConfig, read_embeddings
 
 
 def _rows(*fields):
@@ -70,3 +70,20 @@ def test_input_injection_changes_predictions_once_trained():
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), features=feats)
     out["logits"].sum().backward()
     assert model.feature_projection.weight.grad.abs().sum() > 0
+
+
+def test_feature_classifier_at_head_widen_the_classifier_and_at_input_start_as_identity():
+    ids = torch.randint(5, 100, (2, 5))
+    mask = torch.ones_like(ids)
+    feats = torch.randn(2, 3)
+    model = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
+    plain = model(input_ids=ids, attention_mask=mask)["logits"]
+    model = FeatureClassifier(model, 3, "input")
+    assert torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain, atol=1e-6)
+    with torch.no_grad():
+        model.feature_projection.weight.normal_()
+    assert not torch.allclose(model(input_ids=ids, attention_mask=mask, features=feats)["logits"], plain)
+    head = SequenceClassifier(tiny_bert(vocab_size=100, dropout=0.0), 2, dropout=0.0).eval()
+    head = FeatureClassifier(head, 3, "head")
+    out = head(input_ids=ids, attention_mask=mask, features=feats)
+    assert out["pooled"].shape == (2, 32 + 3) and torch.equal(out["pooled"][:, -3:], feats)

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.engine.optim import build_optimizer, linear_schedule
 from plmtune.models import SequenceClassifier, tiny_bert
-from plmtune.technique import TrainContext, build_techniques
+from plmtune.technique import TrainContext
+from plmtune.techniques import build_techniques
 from plmtune.techniques.llrd import layer_index
 
 
@@ -17,8 +18,9 @@ def test_layer_index_of_bert_names():
     assert layer_index("classifier.weight", 6) == 7
 
 
-def _groups(decay, layers=3):
-    recipe = load_recipe("llrd", [f"techniques.0.decay={decay}", "train.lr=1e-3", "train.weight_decay=0.05"])
+def _groups(decay, layers=3, top_layer_lr=None):
+    extra = [f"techniques.0.top_layer_lr={top_layer_lr}"] if top_layer_lr else []
+    recipe = load_recipe("llrd", [f"techniques.0.decay={decay}", "train.lr=1e-3", "train.weight_decay=0.05", *extra])
     model = SequenceClassifier(tiny_bert(num_layers=layers, vocab_size=50), num_labels=2)
     ctx = TrainContext(recipe=recipe, seed=0)
     opt = build_optimizer(model, build_techniques(recipe), ctx, recipe.train)
@@ -73,3 +75,26 @@ def test_lower_layers_move_less_after_training_steps():
     # Adam's step size is ~lr per element, so the movement follows each layer's LR.
     assert moved["encoder.encoder.layer.0.output.dense.weight"] < moved["encoder.encoder.layer.2.output.dense.weight"]
     assert moved["encoder.encoder.layer.2.output.dense.weight"] < moved["classifier.weight"]
+
+
+@pytest.mark.parametrize(("top_layer_lr", "power_of_top"), [(None, 1), ("decayed", 1), ("full", 0)])
+def test_exact_lr_of_every_group_under_each_convention(top_layer_lr, power_of_top):
+    """decayed (the default, Zhang et al.'s code): top layer lr*xi. full (Sun et al.): top layer lr."""
+    _, opt, _ = _groups(0.5, layers=3, top_layer_lr=top_layer_lr)
+    lrs = {g["group_name"]: g["lr"] for g in opt.param_groups}
+    scales = {g["group_name"]: g["lr_scale"] for g in opt.param_groups}
+    expected = {"layer0": 0.5 ** (3 + power_of_top), "layer1": 0.5 ** (2 + power_of_top),
+                "layer2": 0.5 ** (1 + power_of_top), "layer3": 0.5 ** power_of_top, "layer4": 1.0}
+    for depth, scale in expected.items():
+        for name in (depth, f"{depth}-no_decay"):
+            assert lrs[name] == pytest.approx(1e-3 * scale, rel=1e-12), name
+            assert scales[name] == pytest.approx(scale, rel=1e-12), name
+    assert set(lrs) == {f"{d}{s}" for d in expected for s in ("", "-no_decay")}
+
+
+def test_top_layer_lr_is_validated():
+    from plmtune.loading import build_recipe
+    from plmtune.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"llrd.top_layer_lr = 'ful' is not allowed.*Did you mean 'full'"):
+        build_recipe({"techniques": [{"name": "llrd", "top_layer_lr": "ful"}]})

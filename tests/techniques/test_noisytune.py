@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from plmtune.errors import RecipeError
-from plmtune.config import build_recipe
+from plmtune.loading import build_recipe
 from plmtune.models import SequenceClassifier, tiny_bert
 from plmtune.techniques.noisytune import NoisyTuneConfig, add_noise
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from plmtune.config import load_recipe
+from plmtune.loading import load_recipe
 from plmtune.errors import RecipeError
 from plmtune.techniques.prompt import BUILTIN, PromptConfig, label_word_ids, render, resolve_prompt
 

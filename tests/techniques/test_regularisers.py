@@ -1,4 +1,4 @@
-"""R-Drop, re-init, EMA, Mixout, gradual unfreezing and LoRA: each on its own mathematics."""
+"""R-Drop, re-init, EMA, gradual unfreezing and LoRA: each on its own mathematics (Mixout: test_mixout.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plmtune.config import build_recipe, load_recipe
+from plmtune.loading import build_recipe, load_recipe
 from plmtune.engine.optim import default_param_groups
 from plmtune.models import SequenceClassifier, count_parameters, tiny_bert
 from plmtune.technique import TrainContext
 from plmtune.techniques.ema import EMA, EMAConfig
 from plmtune.techniques.gradual_unfreeze import GradualUnfreeze, GradualUnfreezeConfig
 from plmtune.techniques.lora import LoRA, LoRAConfig
-from plmtune.techniques.mixout import Mixout, MixoutConfig, MixoutWeight
 from plmtune.techniques.rdrop import RDrop, RDropConfig, symmetric_kl
 from plmtune.techniques.reinit import Reinit, ReinitConfig
 
@@ -63,6 +62,41 @@ def test_rdrop_loss_is_mean_ce_plus_alpha_kl_and_vanishes_without_dropout():
     expected = 0.5 * (ce + F.cross_entropy(second, batch["labels"])) + 5.0 * symmetric_kl(out["logits"], second)
     assert with_alpha.item() == pytest.approx(expected.item(), rel=1e-5)
     assert symmetric_kl(out["logits"], second).item() > 0
+
+
+def _two_passes(alpha, convention):
+    """(R-Drop's loss, CE1, CE2, symmetric KL) for one batch through a model with dropout 0.3."""
+    batch = _batch()
+    model = _model(dropout=0.3)
+    model.train()
+    torch.manual_seed(0)
+    first = model(**batch)
+    ce1 = F.cross_entropy(first["logits"], batch["labels"])
+    torch.manual_seed(1)
+    loss = RDrop(RDropConfig(alpha=alpha, convention=convention)).adjust_loss(ce1, first, batch, _ctx(model))
+    torch.manual_seed(1)
+    second = model(**batch)["logits"]
+    ce2 = F.cross_entropy(second, batch["labels"])
+    return loss, ce1, ce2, symmetric_kl(first["logits"], second)
+
+
+def test_rdrop_conventions_give_the_exact_losses():
+    loss, ce1, ce2, kl = _two_passes(3.0, "plmtune")
+    assert kl.item() > 0 and ce1.item() != pytest.approx(ce2.item())
+    assert loss.item() == pytest.approx((0.5 * (ce1 + ce2) + 3.0 * kl).item(), rel=1e-6)
+    paper, ce1, ce2, kl = _two_passes(3.0, "paper")  # Liang et al., Eq. 3: CE1 + CE2 + alpha * KL_sym
+    assert paper.item() == pytest.approx((ce1 + ce2 + 3.0 * kl).item(), rel=1e-6)
+    # plmtune's alpha is the paper's alpha / 2: the same loss up to the factor 2
+    half, *_ = _two_passes(1.5, "plmtune")
+    assert 2 * half.item() == pytest.approx(paper.item(), rel=1e-6)
+
+
+def test_rdrop_default_is_plmtunes_convention_and_others_are_rejected():
+    from plmtune.errors import RecipeError
+
+    assert RDropConfig().convention == "plmtune"
+    with pytest.raises(RecipeError, match=r"rdrop.convention = 'papers' is not allowed.*Did you mean 'paper'"):
+        build_recipe({"techniques": [{"name": "rdrop", "convention": "papers"}]})
 
 
 # ---------------------------------------------------------------- re-init
@@ -125,39 +159,6 @@ def test_ema_warmup_lowers_the_decay_early():
         model.weight.fill_(1.0)
     ema.on_step_end(ctx)  # decay_1 = min(0.999, 2/11)
     assert ema.shadow["weight"].item() == pytest.approx(1 - 2 / 11)
-
-
-# ---------------------------------------------------------------- Mixout
-
-def test_mixout_is_unbiased_mixes_towards_pretrained_and_is_identity_in_eval():
-    pretrained = torch.zeros(200, 200)
-    weight = torch.ones(200, 200)
-    mix = MixoutWeight(pretrained, p=0.3)
-    torch.manual_seed(0)
-    out = mix(weight)
-    # kept entries become W / (1 - p) = 1 / 0.7; replaced entries become W0 = 0
-    assert torch.all((out == 0) | torch.isclose(out, torch.tensor(1 / 0.7)))
-    assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
-    assert out.mean().item() == pytest.approx(1.0, abs=0.02)  # E[mixout(W)] = W
-    mix.eval()
-    assert torch.equal(mix(weight), weight)
-
-
-def test_mixout_wraps_every_encoder_linear_and_keeps_gradients_flowing():
-    model = _model(dropout=0.0)
-    ctx = _ctx(model)
-    Mixout(MixoutConfig(p=0.5)).prepare_model(model, ctx)
-    assert ctx.extras["mixout_layers"] == 3 * 6  # q, k, v, attn out, intermediate, output per layer
-    names = {n for n, _ in model.named_parameters()}
-    assert "encoder.encoder.layer.0.attention.self.query.parametrizations.weight.original" in names
-    model.train()
-    batch = _batch()
-    F.cross_entropy(model(**batch)["logits"], batch["labels"]).backward()
-    q = model.encoder.encoder.layer[0].attention.self.query.parametrizations.weight.original
-    assert q.grad is not None and q.grad.abs().sum() > 0
-    model.eval()
-    a, b = model(**batch)["logits"], model(**batch)["logits"]
-    assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- gradual unfreezing

@@ -6,6 +6,12 @@ difference with a 95% t-interval and the paired t-test's two-sided p-value. Fail
 listed, never dropped silently. Plots (matplotlib, embedded as PNG in the HTML): accuracy with
 95% intervals per method, per-seed accuracy, learning curves from metrics.jsonl, and wall time
 against gain over the baseline.
+
+A bench folder is read as data that may be damaged (a killed run, a full disk): a file that is
+not valid JSON stops the report with one paragraph naming it, except a cut-off last line of a
+``metrics.jsonl``, which a run killed mid-write leaves and which is skipped with a warning.
+report.html (first) and report.md are each written to a temp file and renamed, so a failed write
+leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -21,6 +28,45 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlmtuneError
+from ..rundir import write_text_atomic
+
+logger = logging.getLogger(__name__)
+REDO = "Delete it (or its run folder) and run 'plmtune bench' again to redo that run."
+
+
+def _read_json(path: Path, hint: str = REDO) -> Any:
+    """Parse a JSON file the bench wrote; a damaged one is named, never a traceback."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        problem = f"byte 0x{err.object[err.start]:02x} at offset {err.start} is not UTF-8"
+    except json.JSONDecodeError as err:
+        problem = f"{err.msg} at line {err.lineno}, column {err.colno}"
+    except RecursionError:
+        problem = "nested too deeply"
+    raise PlmtuneError(f"{path} is not valid JSON ({problem}); it was probably cut off by a killed process or a "
+                       f"full disk. {hint}")
+
+
+def _mapping(path: Path, data: Any, fields: dict[str, type | tuple[type, ...]], hint: str = REDO) -> dict:
+    """Check that `data` is a mapping whose dotted `fields` have the given types."""
+    for dotted, kind in fields.items():
+        node: Any = data
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, bool) or not isinstance(node, kind):
+            raise PlmtuneError(f"{path}: field '{dotted}' is missing or has the wrong type (got {node!r}); it is not "
+                               f"a file a finished plmtune bench wrote. {hint}")
+    return data
+
+
+NUMBER = (int, float)
+RESULT_FIELDS = {"test.accuracy": NUMBER}  # what every reader of a bench (the table scripts too) needs
+SUMMARY_FIELDS = {"test.accuracy": NUMBER, "test.macro_f1": NUMBER, "test.mcc": NUMBER,
+                  "parameters.trainable": NUMBER}  # what the report's summary needs besides
+RECORD_FIELDS = {"method": str, "task": str, "k": int, "seed": int, "status": str}
+SUITE_HINT = "Run 'plmtune bench' on this folder again to rewrite it."
+SUITE_FIELDS = {"name": str, "baseline": str, "methods": list, "seeds": list}
 
 
 def collect(out: Path) -> tuple[dict, list[dict], dict]:
@@ -28,16 +74,16 @@ def collect(out: Path) -> tuple[dict, list[dict], dict]:
     suite_file = out / "suite.json"
     if not suite_file.is_file():
         raise PlmtuneError(f"{out} is not a bench folder (no suite.json); run 'plmtune bench' first.")
-    suite = json.loads(suite_file.read_text())
+    suite = _mapping(suite_file, _read_json(suite_file, SUITE_HINT), SUITE_FIELDS, SUITE_HINT)
     results: dict = defaultdict(lambda: defaultdict(dict))
     failures = []
     for record_file in sorted((out / "runs").glob("*/k*/*/seed-*/bench.json")):
-        record = json.loads(record_file.read_text())
+        record = _mapping(record_file, _read_json(record_file), RECORD_FIELDS)
         if record["method"] not in suite["methods"]:
             continue
         result_file = record_file.parent / "result.json"
         if record["status"] == "ok" and result_file.is_file():
-            result = json.loads(result_file.read_text())
+            result = _mapping(result_file, _read_json(result_file), RESULT_FIELDS)
             result["_dir"] = str(record_file.parent)
             result["_wall_seconds"] = record.get("seconds")  # the whole process, start-up included
             results[(record["task"], record["k"])][record["method"]][record["seed"]] = result
@@ -67,6 +113,8 @@ def summarise(results: dict, baseline: str, methods: list[str]) -> list[dict[str
             runs = by_method.get(method)
             if not runs:
                 continue
+            for r in runs.values():
+                _mapping(Path(r["_dir"]) / "result.json", r, SUMMARY_FIELDS)
             acc = [r["test"]["accuracy"] for r in runs.values()]
             f1 = [r["test"]["macro_f1"] for r in runs.values()]
             mcc = [r["test"]["mcc"] for r in runs.values()]
@@ -186,8 +234,8 @@ def plots(rows: list[dict], results: dict, baseline: str) -> list[tuple[str, str
             log = Path(first["_dir"]) / "metrics.jsonl"
             if not log.is_file():
                 continue
-            points = [json.loads(x) for x in log.read_text().splitlines()]
-            train = [(p["step"], p["loss"]) for p in points if p.get("type") == "train"]
+            train = [(p["step"], p["loss"]) for p in read_log(log) if p.get("type") == "train"
+                     and isinstance(p.get("step"), NUMBER) and isinstance(p.get("loss"), NUMBER)]
             if train:
                 ax.plot(*zip(*train), label=name, lw=1)
         ax.set_xlabel("step")
@@ -197,6 +245,41 @@ def plots(rows: list[dict], results: dict, baseline: str) -> list[tuple[str, str
         images.append((f"{task}, K={k}: learning curves", _png(fig)))
         plt.close(fig)
     return images
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a cut-off last line (a run killed mid-write) is skipped."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            if number == len(lines):  # no newline after it: the writer was stopped mid-line
+                logger.warning("%s: skipped the cut-off last line %d (the run was stopped while writing it).",
+                               path, number)
+                break
+            raise PlmtuneError(f"{path}, line {number}: not valid JSON ({getattr(err, 'msg', err)}). "
+                               f"{REDO}") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def write_report_files(files: dict[Path, str]) -> None:
+    """Write each file through a temp file and a rename, in order; a failure names the file.
+
+    Callers put the large report.html first: if the disk fills up there, nothing has been replaced.
+    """
+    for path, text in files.items():
+        try:
+            write_text_atomic(path, text)
+        except OSError as err:
+            raise PlmtuneError(f"Could not write {path}: {err.strerror or err}. {path.name} was left as it was "
+                               "(it is written to a temp file and renamed only when complete).") from err
 
 
 def html_page(md_rows: list[dict], failures: list[dict], suite: dict, images: list[tuple[str, str]], env: dict) -> str:
@@ -233,6 +316,6 @@ def write_report(out: Path, baseline: str | None = None) -> tuple[Path, Path]:
     rows = summarise(results, suite["baseline"], suite["methods"])
     env = {"versions": versions(), "machine": machine()}
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(markdown(rows, failures, suite, env), encoding="utf-8")
-    html_path.write_text(html_page(rows, failures, suite, plots(rows, results, suite["baseline"]), env), encoding="utf-8")
+    page = html_page(rows, failures, suite, plots(rows, results, suite["baseline"]), env)
+    write_report_files({html_path: page, md_path: markdown(rows, failures, suite, env)})
     return md_path, html_path

@@ -5,6 +5,10 @@ key (a hash of the resolved method, the data files and the seed) is skipped; any
 run, failed, interrupted, or changed since) runs again. A failure is recorded in ``bench.json``
 with the end of its error output and never stops the suite. With ``jobs > 1`` each process gets
 one CPU thread, since two multi-threaded torch processes on a small machine slow each other ~10x.
+
+One bench at a time per folder: ``run_suite`` holds an exclusive lock on the bench folder (see
+``plmtune.locking``) from before the first write to the end, and every data and run folder it
+computes is checked to lie inside the bench folder before anything is written there.
 """
 
 from __future__ import annotations
@@ -20,24 +24,29 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import PlmtuneError
 from ..fewshot import make_fewshot
-from ..run import write_json_atomic
+from ..locking import FolderLock
+from ..rundir import write_json_atomic
+from .layout import data_dir, inside
 from .suite import RunSpec, Suite, run_key
 
 
 def prepare_data(suite: Suite, out: Path) -> None:
     for task in suite.tasks:
         for k in suite.k:
-            missing = [s for s in suite.seeds if not (out / "data" / task / f"{k}-{s}" / "meta.json").is_file()]
+            missing = [s for s in suite.seeds if not (data_dir(out, task, k, s) / "meta.json").is_file()]
             if missing:
-                make_fewshot(suite.data_root / task, out / "data" / task, k, missing)
+                make_fewshot(suite.data_root / task, data_dir(out, task, k), k, missing)
 
 
 def status(spec: RunSpec, key: str) -> str:
     try:
         result = json.loads((spec.out_dir / "result.json").read_text())
         record = json.loads((spec.out_dir / "bench.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # missing, cut off, not UTF-8 (JSONDecodeError is a ValueError)
+        return "todo"
+    if not isinstance(result, dict) or not isinstance(record, dict):
         return "todo"
     return "done" if result.get("status") == "ok" and record.get("key") == key else "todo"
 
@@ -74,14 +83,23 @@ def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, p
     """
     import fnmatch
 
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise PlmtuneError(f"jobs must be a positive integer, got {jobs!r}.")
+    with FolderLock(out, "bench"):
+        return _run_locked(suite, out, jobs, progress, [
+            s for s in suite.expand(out) if (only is None or fnmatch.fnmatch(s.label, only))
+            and (methods is None or s.method.name in methods)])
+
+
+def _run_locked(suite: Suite, out: Path, jobs: int, progress: bool, specs: list[RunSpec]) -> dict[str, int]:
+    for spec in specs:  # before any write: nothing of this bench may land outside its folder
+        inside(out, spec.data_dir)
+        inside(out, spec.out_dir)
     prepare_data(suite, out)
     # Written before any run, so a bench stopped part-way (deadline, Ctrl-C) can still be reported.
     write_json_atomic(out / "suite.json", {"suite": str(suite.path), "name": suite.name, "baseline": suite.baseline,
                                            "tasks": list(suite.tasks), "k": list(suite.k), "seeds": list(suite.seeds),
                                            "methods": [m.name for m in suite.methods]})
-    specs = [s for s in suite.expand(out) if (only is None or fnmatch.fnmatch(s.label, only))
-             and (methods is None or s.method.name in methods)]
     keys = {id(s): run_key(s) for s in specs}
     todo = [s for s in specs if status(s, keys[id(s)]) != "done"]
     counts = {"total": len(specs), "skipped": len(specs) - len(todo), "ran": 0, "failed": 0}

@@ -3,7 +3,7 @@
 A suite file::
 
     name: fewshot
-    data_root: ../../../shared/data   # relative to this file; each task is a folder below it
+    data_root: ../../shared/data      # relative to this file; each task is a folder below it
     tasks: [sst2, subj, trec, rte, mrpc, cola]
     k: [8, 16]
     seeds: [13, 21, 42, 87, 100]
@@ -14,6 +14,9 @@ A suite file::
       - {name: setfit, peer: setfit}
       - {name: vanilla, recipe: baseline}
       - {name: llrd, recipe: llrd, set: ["techniques.0.decay=0.8"]}
+
+Method and task names become folder names in the bench folder, so they are checked like any other
+field (see ``layout.name_problem``); the shipped suites are in ``plmtune/bench/suites``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from typing import Any
 
 import yaml
 
-from ..config import load_recipe
+from ..loading import load_recipe
 from ..errors import RecipeError, suggest
+from .layout import data_dir, name_problem, run_dir
 from .peers import PEERS
 
-SUITES_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "suites"
+# The shipped suites live in the package so that a plain (non-editable) install has them;
+# benchmarks/suites in the repository is a link to this folder.
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
 @dataclass(frozen=True)
@@ -74,55 +80,145 @@ class Suite:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def expand(self, out: Path) -> list[RunSpec]:
-        return [RunSpec(m, task, k, seed, out / "data" / task / f"{k}-{seed}",
-                        out / "runs" / task / f"k{k}" / m.name / f"seed-{seed}")
+        return [RunSpec(m, task, k, seed, data_dir(out, task, k, seed), run_dir(out, task, k, m.name, seed))
                 for task in self.tasks for k in self.k for m in self.methods for seed in self.seeds]
 
 
 KEYS = ("name", "data_root", "tasks", "k", "seeds", "methods", "baseline")
+METHOD_KEYS = ("name", "recipe", "peer", "set")
 
 
-def load_suite(path: str | Path) -> Suite:
-    path = Path(path)
-    if not path.is_file() and (SUITES_DIR / f"{path.name}.yaml").is_file():
-        path = SUITES_DIR / f"{path.name}.yaml"
-    if not path.is_file():
-        raise RecipeError(f"Suite {path} does not exist.")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise RecipeError(f"Suite {path} must be a YAML mapping.")
+def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
+    """Read and check a suite file (or the name of a shipped suite) before anything is written.
+
+    Every field is checked like a recipe field, with one paragraph naming the file and the field.
+    A relative ``data_root`` is relative to the suite file, except in the shipped suites, which
+    cannot know where an installed plmtune's user keeps data: theirs is relative to the current
+    folder (the repository root in the README). `data_root`, if given (``--data-root``), wins.
+    """
+    path = _find(Path(path))
+    raw = _read_mapping(path)
+
+    def fail(message: str) -> RecipeError:
+        return RecipeError(f"Suite {path}: {message}")
+
     for key in raw:
         if key not in KEYS:
-            raise RecipeError(f"Suite {path}: unknown key '{key}'.{suggest(str(key), KEYS)}")
+            raise fail(f"unknown key '{key}'.{suggest(str(key), KEYS)}")
     for key in ("tasks", "k", "seeds", "methods"):
         if not isinstance(raw.get(key), list) or not raw[key]:
-            raise RecipeError(f"Suite {path}: '{key}' must be a non-empty list.")
-    methods = []
-    for i, entry in enumerate(raw["methods"]):
-        if not isinstance(entry, dict) or "name" not in entry or ("recipe" in entry) == ("peer" in entry):
-            raise RecipeError(f"Suite {path}: methods[{i}] needs a name and exactly one of recipe or peer.")
-        unknown = set(entry) - {"name", "recipe", "peer", "set"}
-        if unknown:
-            raise RecipeError(f"Suite {path}: methods[{i}] has unknown key(s) {sorted(unknown)}.")
-        if "peer" in entry and entry["peer"] not in PEERS:
-            raise RecipeError(f"Suite {path}: methods[{i}]: unknown peer '{entry['peer']}'."
-                              f"{suggest(str(entry['peer']), PEERS)}")
-        method = Method(entry["name"], entry.get("recipe"), entry.get("peer"), tuple(entry.get("set", ())))
-        if method.recipe:
-            method.identity()  # validates the recipe and its overrides now, before any run
-        methods.append(method)
+            raise fail(f"'{key}' must be a non-empty list, got {raw.get(key)!r}.")
+    for key in ("name", "data_root", "baseline"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
+            raise fail(f"{key} must be a string, got {raw[key]!r}.")
+    tasks = _names(raw["tasks"], "tasks", fail)
+    k = _integers(raw["k"], "k", 1, "a positive integer", fail)
+    seeds = _integers(raw["seeds"], "seeds", 0, "a non-negative integer", fail)
+    methods = tuple(_method(i, entry, fail) for i, entry in enumerate(raw["methods"]))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
-        raise RecipeError(f"Suite {path}: method names must be unique, got {names}.")
+        raise fail(f"method names must be unique, got {names}.")
     baseline = raw.get("baseline", names[0])
     if baseline not in names:
-        raise RecipeError(f"Suite {path}: baseline '{baseline}' is not a method.{suggest(baseline, names)}")
-    root = (path.parent / raw.get("data_root", ".")).resolve()
-    for task in raw["tasks"]:
+        raise fail(f"baseline '{baseline}' is not a method.{suggest(baseline, names)}")
+    if data_root is not None:
+        root, origin = Path(data_root).resolve(), "--data-root"
+    elif path.parent == SUITES_DIR:
+        root, origin = Path(raw.get("data_root", ".")).resolve(), "data_root (relative to the current folder)"
+    else:
+        root, origin = (path.parent / raw.get("data_root", ".")).resolve(), "data_root"
+    for i, task in enumerate(tasks):
         if not (root / task).is_dir():
-            raise RecipeError(f"Suite {path}: task folder {root / task} does not exist.")
-    return Suite(raw.get("name", path.stem), path.resolve(), root, tuple(raw["tasks"]), tuple(int(k) for k in raw["k"]),
-                 tuple(int(s) for s in raw["seeds"]), tuple(methods), baseline)
+            raise fail(f"tasks[{i}]: task folder {root / task} does not exist (below {origin} {root}). "
+                       "Pass --data-root DIR, the folder that holds the task folders, to read them elsewhere.")
+    return Suite(raw.get("name", path.stem), path, root, tasks, k, seeds, methods, baseline)
+
+
+def _find(path: Path) -> Path:
+    if path.is_file():
+        return path.resolve()
+    shipped = SUITES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if len(path.parts) == 1 and shipped.is_file():
+        return shipped.resolve()
+    names = [p.stem for p in SUITES_DIR.glob("*.yaml")]
+    raise RecipeError(f"Suite {path} is neither a file nor a shipped suite.{suggest(path.stem, names)}")
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"Suite {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}).") \
+            from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"Suite {path} is not valid YAML: {problem}{where}.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Suite {path} must be a YAML mapping at the top level, got a {type(raw).__name__}.")
+    return raw
+
+
+def _names(values: list, field: str, fail) -> tuple[str, ...]:
+    for i, value in enumerate(values):
+        problem = name_problem(value)
+        if problem:
+            raise fail(f"{field}[{i}] {problem}.")
+    _unique(values, field, fail)
+    return tuple(values)
+
+
+def _integers(values: list, field: str, lowest: int, kind: str, fail) -> tuple[int, ...]:
+    for i, value in enumerate(values):
+        # bool is an int in Python, and YAML reads `yes` as True: refuse it rather than run K=1.
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise fail(f"{field}[{i}] must be {kind}, got {value!r}.")
+    _unique(values, field, fail)
+    return tuple(values)
+
+
+def _unique(values: list, field: str, fail) -> None:
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise fail(f"{field} lists {', '.join(twice)} more than once (the runs would share a folder).")
+
+
+def _method(i: int, entry: Any, fail) -> Method:
+    where = f"methods[{i}]"
+    if not isinstance(entry, dict):
+        raise fail(f"{where} must be a mapping with a name and a recipe or a peer, got {entry!r}.")
+    unknown = sorted(str(key) for key in entry if key not in METHOD_KEYS)
+    if unknown:
+        raise fail(f"{where} has unknown key(s) {unknown}.{suggest(unknown[0], METHOD_KEYS)}")
+    if "name" not in entry or ("recipe" in entry) == ("peer" in entry):
+        raise fail(f"{where} needs a name and exactly one of recipe or peer.")
+    problem = name_problem(entry["name"])
+    if problem:
+        raise fail(f"{where}.name {problem}.")
+    for key in ("recipe", "peer"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise fail(f"{where}.{key} must be a string, got {entry[key]!r}.")
+    if "peer" in entry and entry["peer"] not in PEERS:
+        raise fail(f"{where}: unknown peer '{entry['peer']}'.{suggest(entry['peer'], PEERS)}")
+    overrides = entry.get("set", [])
+    if not isinstance(overrides, list):
+        raise fail(f"{where}.set must be a list of overrides, e.g. set: [\"train.epochs=1\"], got {overrides!r}.")
+    for j, override in enumerate(overrides):
+        if not isinstance(override, str):
+            raise fail(f"{where}.set[{j}] must be an override string like \"train.epochs=1\", got {override!r}.")
+    method = Method(entry["name"], entry.get("recipe"), entry.get("peer"), tuple(overrides))
+    if method.recipe:
+        try:
+            method.identity()  # validates the recipe and its overrides now, before any run
+        except RecipeError as err:
+            raise fail(f"{where} ('{method.name}'): {err}") from None
+    return method
 
 
 def file_digest(paths: list[Path]) -> str:

@@ -7,10 +7,10 @@ has no branch for any particular technique.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,37 +22,24 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..errors import TrainingError
 from ..metrics import classification_metrics
+from ..rundir import MetricLog
 from ..technique import Technique, TrainContext
 from . import checkpoint
+from .best import BestTracker, dev_key, state_copy
 from .checkpoint import LoopState
 from .optim import build_optimizer, linear_schedule
 
 logger = logging.getLogger(__name__)
 
 
-class MetricLog:
-    """Appends one JSON object per line to metrics.jsonl (every step and every evaluation)."""
-
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path else None
-        self.enabled = True  # only the main process of a distributed run writes
-        self.file = None
-        self.tags: dict[str, Any] = {}  # added to every record (multi-stage runs tag stage and iteration)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is not None and self.enabled and self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        if self.file:
-            self.file.write(json.dumps({**self.tags, **record}) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
+__all__ = ["FitResult", "Fitted", "MetricLog", "evaluate", "fit", "make_accelerator", "predict"]
 
 
 @dataclass
 class FitResult:
+    """What a fit built and found: the trained model (wrapped by `accelerator`), the best dev record,
+    the dev history, and the technique objects that served it. Callers never read these back from ctx."""
+
     best_dev: dict[str, float] | None
     best_epoch: int
     steps: int
@@ -60,6 +47,20 @@ class FitResult:
     stopped_early: bool
     train_seconds: float
     dev_history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+    accelerator: Any = None
+    techniques: list[Technique] = field(default_factory=list)
+
+    def bare_model(self) -> torch.nn.Module:
+        """The model without the engine's wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+
+Fitted = FitResult
+
+# Technique objects that have served a fit: each fit needs fresh ones (the lifecycle rule in
+# plmtune.technique), so that no per-fit state (EMA's shadow, a gradient mask) leaks into the next.
+_SERVED: weakref.WeakSet = weakref.WeakSet()
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -106,13 +107,6 @@ def evaluate(model: torch.nn.Module, loader: Any, accelerator: Any, num_labels: 
     return {"metrics": metrics, "probs": logits.softmax(-1).numpy(), "labels": labels.numpy()}
 
 
-def _better(candidate: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
-    # Small few-shot dev sets tie often on accuracy; the lower dev loss breaks the tie.
-    if best is None:
-        return True
-    return (candidate[metric], -candidate["loss"]) > (best[metric], -best["loss"])
-
-
 def _data_generator(loader: Any) -> torch.Generator | None:
     """The generator that decides the shuffled order (replayed to resume mid-epoch)."""
     return getattr(loader, "generator", None) or getattr(getattr(loader, "sampler", None), "generator", None)
@@ -123,9 +117,16 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
         checkpoint_dir: Path | None = None, resume: bool = False) -> FitResult:
     """Train `model` in place and leave it holding the weights of the best dev evaluation.
 
-    With `checkpoint_dir` and ``cfg.checkpoint_every``, a checkpoint is written every that many
-    steps; with `resume`, training continues from the checkpoint found there (if any).
+    `techniques` must not have served another fit (build fresh ones: plmtune.techniques.build_techniques);
+    `ctx` gets fresh per-fit state. With `checkpoint_dir` and ``cfg.checkpoint_every``, a checkpoint
+    is written every that many steps; with `resume`, training continues from the checkpoint
+    found there (if any).
     """
+    served = [type(t).__name__ for t in techniques if t in _SERVED]
+    if served:
+        raise RuntimeError(f"technique object(s) {', '.join(served)} already served a fit; each fit needs "
+                           "freshly built techniques (see the lifecycle in plmtune.technique)")
+    _SERVED.update(techniques)
     accelerator = make_accelerator(cfg)
     log.enabled = accelerator.is_main_process
     generator = _data_generator(train_loader)
@@ -137,13 +138,15 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    ctx.model, ctx.optimizer, ctx.accelerator, ctx.train_loader = model, optimizer, accelerator, train_loader
-    ctx.total_steps = total_steps
+    ctx.start_fit(model=model, optimizer=optimizer, accelerator=accelerator, train_loader=train_loader,
+                  total_steps=total_steps)
     state, pending_rng = LoopState(), None
-    loaded = checkpoint.load(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, techniques) \
+    loaded = checkpoint.load(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, techniques,
+                             fingerprint=checkpoint.fingerprint(ctx.recipe, ctx.seed, cfg)) \
         if resume and checkpoint_dir is not None else None
     if loaded:
         state, pending_rng = loaded
+        ctx.step, ctx.epoch = state.step, state.epoch
         logger.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.position)
     if resume and log.path is not None and accelerator.is_main_process:
         # Drop what the log holds beyond the checkpoint (all of it where there is none).
@@ -151,6 +154,7 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
 
     for technique in techniques:
         technique.on_fit_start(ctx)
+    tracker = BestTracker(dev_key(cfg.select_metric), cfg.early_stopping_patience, holder=state)
     stopped_early, start = False, time.perf_counter()
     bar = tqdm(total=total_steps, initial=state.step, desc="train",
                disable=not (progress and accelerator.is_main_process))
@@ -194,28 +198,30 @@ def fit(model: torch.nn.Module, techniques: list[Technique], ctx: TrainContext, 
             if checkpoint_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
                     and accelerator.is_main_process:
                 checkpoint.save(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
-                                techniques, state)
+                                techniques, state, fingerprint=checkpoint.fingerprint(ctx.recipe, ctx.seed, cfg))
             if state.step >= total_steps:
                 break
         for technique in techniques:
             technique.on_epoch_end(ctx)
         last = state.step >= total_steps or epoch == epochs - 1
         if dev_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            stopped_early = _evaluate_and_select(model, dev_loader, accelerator, techniques, ctx, cfg, log, state)
+            stopped_early = _evaluate_and_select(model, dev_loader, accelerator, techniques, ctx, cfg, log, state,
+                                                 tracker)
         state.epoch, state.position = epoch + 1, 0
     bar.close()
     train_seconds = time.perf_counter() - start
     if state.best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(state.best_state, strict=not ctx.frozen)
-    ctx.extras["restored_best"] = state.best_state is not None
+    ctx.restored_best = state.best_state is not None
     for technique in techniques:
         technique.on_fit_end(ctx)
     return FitResult(state.best, state.best_epoch, state.step, state.epoch, stopped_early, train_seconds,
-                     state.history)
+                     state.history, model=model, accelerator=accelerator, techniques=list(techniques))
 
 
 def _evaluate_and_select(model: torch.nn.Module, dev_loader: Any, accelerator: Any, techniques: list[Technique],
-                         ctx: TrainContext, cfg: TrainConfig, log: MetricLog, state: LoopState) -> bool:
+                         ctx: TrainContext, cfg: TrainConfig, log: MetricLog, state: LoopState,
+                         tracker: BestTracker) -> bool:
     """Evaluate on dev, keep the best weights; return True where early stopping says stop."""
     for technique in techniques:
         technique.on_evaluate_start(ctx)
@@ -224,17 +230,11 @@ def _evaluate_and_select(model: torch.nn.Module, dev_loader: Any, accelerator: A
     log.write({"type": "eval", "split": "dev", "step": state.step, "epoch": ctx.epoch + 1, **dev})
     logger.info("epoch %d step %d dev %s=%.4f loss=%.4f", ctx.epoch + 1, state.step, cfg.select_metric,
                 dev[cfg.select_metric], dev["loss"])
-    improved = _better(dev, state.best, cfg.select_metric)
+    # The copy is taken before on_evaluate_end, so weights swapped in for evaluation (EMA) are the
+    # ones kept. Tensors a technique keeps frozen for the whole fit (ctx.frozen) need no copy.
+    improved = tracker.offer(dev, lambda: state_copy(accelerator.unwrap_model(model), ctx.frozen))
     if improved:
-        state.best, state.best_epoch, state.stale = dev, ctx.epoch + 1, 0
-        # Kept in memory: a copy of a 22M-parameter model is ~90 MB and takes milliseconds.
-        # Taken before on_evaluate_end, so weights swapped in for evaluation (EMA) are the ones kept.
-        # Tensors a technique keeps frozen for the whole fit (ctx.frozen) need no copy.
-        state.best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
-                            if k not in ctx.frozen}
+        state.best_epoch = ctx.epoch + 1
     for technique in techniques:
         technique.on_evaluate_end(ctx)
-    if improved:
-        return False
-    state.stale += 1
-    return bool(cfg.early_stopping_patience and state.stale >= cfg.early_stopping_patience)
+    return not improved and tracker.exhausted

@@ -28,7 +28,9 @@ Departures from the reference code, on purpose:
 * Weight decay: the inner optimiser's decoupled weight decay would still shrink entries whose
   gradient was masked. ``decay_masked`` decides: the default for D is false (masked entries stay
   bit-identical to their pretrained values, the paper's intent); for F it is true (the
-  reference optimiser decays every entry). The wrapper then applies the decay itself.
+  reference optimiser decays every entry). With false, the wrapper applies the decay itself,
+  only to entries whose gradient survived this step's mask, so a masked entry does not move at
+  all; for F's skipped embedding rows no mask is drawn, and they count as masked (not decayed).
 * Gradient clipping runs in the loop on the whole gradient, before the mask (as in the reference
   Trainer). ``clip_after_mask: true`` clips the masked gradient again to ``train.grad_clip``.
 """
@@ -207,7 +209,12 @@ class ChildTuning(Technique):
             rows = grad.any(dim=1).nonzero().squeeze(1)
             keep = self._bits(rows.numel() * grad.shape[1]).view(rows.numel(), grad.shape[1])
             grad[rows] = grad[rows] * keep * scale
-            return None
+            if self.decay_masked:
+                return None
+            # Skipped rows had no gradient to keep: they count as masked and are spared decay too.
+            full = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
+            full[rows] = keep.to(grad.device)
+            return full
         keep = self._bits(grad.numel()).view(grad.shape)
         grad.mul_(keep).mul_(scale)
         return None if self.decay_masked else keep

@@ -78,7 +78,7 @@ class EMA(Technique):
 
     @torch.no_grad()
     def on_fit_end(self, ctx: TrainContext) -> None:
-        if not ctx.extras.get("restored_best"):
+        if not ctx.restored_best:
             for name, value in self._tensors(ctx).items():
                 value.copy_(self.shadow[name])
 

@@ -13,7 +13,8 @@ Where it joins (``at``):
   projection starts at zero, so training starts from the plain model.
 
 Plug points: ``prepare_data`` (resolve and check the vectors; an example without one, or of the
-wrong width, stops with its file, line and field) and ``prepare_model``.
+wrong width, stops with its file, line and field) and ``prepare_model`` (the recipe's classifier
+becomes a :class:`FeatureClassifier`). Declares the ``features`` batch field.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import check_choice
 from ..errors import DataError, RecipeError
+from ..models import SequenceClassifier
 from ..technique import Technique, TrainContext, register
 
 
@@ -90,8 +93,55 @@ def read_embeddings(path: str | Path) -> dict[str, list[float]]:
     return table
 
 
+class FeatureClassifier(SequenceClassifier):
+    """A SequenceClassifier whose forward takes a ``features`` vector per example, joined at the
+    head (concatenated to the pooled vector; the classifier widens) or at the input (projected to
+    the hidden size, starting at zero, and added to every token's word embedding).
+
+    It takes over the wrapped model's modules under the same names, so parameter names (LLRD's
+    depth, checkpoints) are those of the plain model.
+    """
+
+    def __init__(self, base: SequenceClassifier, dim: int, at: str):
+        nn.Module.__init__(self)
+        self.encoder, self.pooling, self.num_labels = base.encoder, base.pooling, base.num_labels
+        self.pooler, self.dropout = base.pooler, base.dropout
+        self.feature_dim, self.feature_at = dim, at
+        if at == "head":
+            self.classifier = self._new_classifier(self.pooler.out_dim + dim)
+        else:
+            self.classifier = base.classifier
+            self.feature_projection = nn.Linear(dim, self.encoder.config.hidden_size)
+            nn.init.zeros_(self.feature_projection.weight)  # starts as the plain model
+            nn.init.zeros_(self.feature_projection.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                **_: Any) -> dict[str, torch.Tensor]:
+        kwargs: dict[str, Any] = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if self.pooler.needs_all_layers:
+            kwargs["output_hidden_states"] = True
+        if self.feature_at == "input":
+            # Adding to inputs_embeds before the encoder's own position/type embeddings and
+            # LayerNorm equals adding to the word-embedding output of every token.
+            embeds = self.encoder.get_input_embeddings()(input_ids)
+            kwargs["inputs_embeds"] = embeds + self.feature_projection(features.to(embeds.dtype)).unsqueeze(1)
+        else:
+            kwargs["input_ids"] = input_ids
+        out = self.encoder(attention_mask=attention_mask, **kwargs)
+        pooled = self.pooler(out.last_hidden_state, getattr(out, "hidden_states", None), attention_mask)
+        if self.feature_at == "head":
+            pooled = torch.cat([pooled, features.to(pooled.dtype)], dim=-1)
+        return {"logits": self.classifier(self.dropout(pooled)), "pooled": pooled}
+
+    def head_config(self) -> dict[str, Any]:
+        return {**super().head_config(), "feature_dim": self.feature_dim, "feature_at": self.feature_at}
+
+
 @register("inject", InjectConfig)
 class Inject(Technique):
+    batch_fields = {"features": "float32"}
+
     def prepare_data(self, splits: dict[str, list[dict]], ctx: TrainContext) -> dict[str, list[dict]]:
         cfg = self.config
         table = read_embeddings(cfg.embeddings) if cfg.embeddings else None
@@ -123,5 +173,7 @@ class Inject(Technique):
         return splits
 
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
-        model.enable_features(ctx.extras["feature_dim"], self.config.at)
-        return model
+        if not isinstance(model, SequenceClassifier):
+            raise RecipeError("inject needs plmtune's classifier head; another technique replaced it "
+                              f"({type(model).__name__}).")
+        return FeatureClassifier(model, ctx.extras["feature_dim"], self.config.at)

@@ -43,6 +43,8 @@ class LoRAConfig:
 
 @register("lora", LoRAConfig)
 class LoRA(Technique):
+    requires = ("peft",)
+
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 

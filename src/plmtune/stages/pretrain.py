@@ -1,4 +1,4 @@
-"""Further pre-training: masked-LM training of the backbone on task text (TAPT) or domain text (DAPT).
+"""Further pre-training (the ``pretrain`` stage): masked-LM training of the backbone on task text (TAPT) or domain text (DAPT).
 
 Sun et al. (2019, "How to Fine-Tune BERT for Text Classification") and Gururangan et al. (2020,
 "Don't Stop Pretraining") found further MLM training on in-task or in-domain text before
@@ -35,25 +35,76 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import DataConfig, PretrainConfig
-from .engine import checkpoint
-from .errors import DataError
-from .mlm import IGNORE, MaskingCollator, mlm_head_for
-from .models import load_backbone, resolve_backbone
+from ..config import BATCH_SIZE, LR, MAX_LENGTH, MAX_STEPS, WARMUP_RATIO, WEIGHT_DECAY, DataConfig
+from ..data import find_split_file, read_records
+from ..engine import checkpoint
+from ..engine.best import BestTracker, lower, state_copy
+from ..engine.optim import default_param_groups, linear_schedule, make_adamw
+from ..errors import DataError
+from ..mlm import IGNORE, MaskingCollator, mlm_head_for
+from ..models import load_backbone, resolve_backbone
+from ..rundir import write_json_atomic
+from ..selective import importance_weights
+from ..validate import bounded, check_declared, one_of
+from .base import PreResult, RunSpec, Stage, register_stage
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Further pre-training before fine-tuning (plmtune.stages.pretrain): masked-LM on task or domain text.
+
+    Args:
+    corpus: empty = the task folder's own text (TAPT: train + unlabeled.jsonl, never dev/test);
+        or a .txt file (one text per line) or .jsonl file (a text field) of domain text (DAPT).
+    masking: 'dynamic' (a new mask each time a text is seen), 'static' (`copies` fixed masks per
+        text, made once) or 'selective' (mask the tokens a task model finds important).
+    rate / split: share of tokens masked; their [MASK] / random-token / unchanged split.
+    copies: fixed masked copies per text for 'static'.
+    max_steps / batch_size / lr / warmup_ratio / weight_decay / max_length: the MLM training (the
+        optimiser knobs are declared once, with training's, in plmtune.config).
+    max_texts: at most this many corpus texts (a seeded sample).
+    heldout: share of texts held out (at most 1,000) for the stop rule.
+    eval_every / patience: evaluate the held-out MLM loss every this many steps; stop after
+        `patience` evaluations without improvement (0 = never stop early); the best is kept.
+    important_share: 'selective' only; share of each labelled text's tokens labelled important.
+    """
+
+    corpus: str = ""
+    masking: str = one_of("dynamic", ("dynamic", "static", "selective"))
+    rate: float = bounded(0.15, 0.0, 1.0, lo_open=True, hi_open=True)
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    copies: int = bounded(10, 1, 1000)
+    max_steps: int = MAX_STEPS(500, lo=1)
+    batch_size: int = BATCH_SIZE(32)
+    lr: float = LR(1e-4)
+    warmup_ratio: float = WARMUP_RATIO(0.06)
+    weight_decay: float = WEIGHT_DECAY(0.01)
+    max_length: int = MAX_LENGTH(128)
+    max_texts: int = bounded(20000, 2, 100_000_000)
+    heldout: float = bounded(0.05, 0.0, 0.5, lo_open=True)
+    eval_every: int = bounded(50, 1, 10_000_000)
+    patience: int = bounded(3, 0, 100_000)
+    important_share: float = bounded(0.2, 0.0, 1.0, lo_open=True)
+
+    def __post_init__(self) -> None:
+        check_declared(self, "pretrain")
+        if len(self.split) != 3 or any(x < 0 for x in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"pretrain.split must be three non-negative shares summing to 1, got {self.split}")
 
 
 def read_corpus(cfg: PretrainConfig, task_dir: Path | None, data: DataConfig, seed: int) -> list[str]:
     """The texts to pre-train on (TAPT: the task's train + unlabelled text; DAPT: cfg.corpus)."""
-    from .data import find_split_file, read_records
-
     texts: list[str] = []
     if cfg.corpus:
         path = Path(cfg.corpus).expanduser()
@@ -108,12 +159,6 @@ def _fingerprint(cfg: PretrainConfig, backbone: str, texts: list[str], seed: int
 def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Path, seed: int = 0,
              progress: bool = False, task_dir: Path | None = None, data: DataConfig | None = None) -> dict[str, Any]:
     """Train the MLM on `texts`; write ``out/model`` (a backbone) and ``out/pretrain.json``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from .engine.optim import default_param_groups, linear_schedule, make_adamw
-    from .run import write_json_atomic
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg, backbone, texts, seed)
@@ -138,8 +183,6 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     items = [{"input_ids": x, "index": i} for i, x in enumerate(ids)]
     heldout, train = items[:n_heldout], items[n_heldout:]
     if cfg.masking == "selective":
-        from .selective import importance_weights
-
         weights = importance_weights([x["input_ids"] for x in train], task_dir, data or DataConfig(), backbone,
                                      seed, cfg.important_share, tokenizer)
         for item, w in zip(train, weights):
@@ -165,6 +208,7 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     state, pending_rng = loaded if loaded else (checkpoint.LoopState(), None)
     start -= elapsed.seconds
     stopped = "max_steps"
+    tracker = BestTracker(lower("heldout_loss"), cfg.patience, holder=state)  # a NaN loss is never the best
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", disable=not progress)
     replay = checkpoint.EpochReplay(state, generator, pending_rng, keep=[masking])  # same order and masks
     while state.step < cfg.max_steps and stopped == "max_steps":
@@ -182,14 +226,10 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
                 value = _heldout_loss(model, heldout_loader, accelerator)
                 state.history.append({"step": state.step, "train_loss": loss.item(), "heldout_loss": value})
                 bar.set_postfix(heldout=f"{value:.3f}")
-                if value < (state.best["heldout_loss"] if state.best else math.inf):  # a NaN loss is never the best
-                    state.stale, state.best = 0, {"heldout_loss": value, "step": state.step}
-                    state.best_state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
-                else:
-                    state.stale += 1
-                    if cfg.patience and state.stale >= cfg.patience:
-                        stopped = "patience"
-                        break
+                if not tracker.offer({"heldout_loss": value, "step": state.step}, lambda: state_copy(bare)) \
+                        and tracker.exhausted:
+                    stopped = "patience"
+                    break
                 elapsed.seconds = time.perf_counter() - start
                 if accelerator.is_main_process:
                     checkpoint.save(checkpoint_dir, bare, optimizer, scheduler, [elapsed], state)
@@ -245,16 +285,12 @@ def _heldout_loss(model: nn.Module, loader: Any, accelerator: Any) -> float:
 
 def _save(model: MaskedLM, tokenizer: Any, directory: Path) -> None:
     """The encoder as a backbone folder, and the MLM head beside it (its decoder is the embeddings)."""
-    from safetensors.torch import save_file
-
     tmp = directory.with_name(directory.name + ".tmp")
     model.encoder.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items() if k != "decoder.weight"},
               str(tmp / "mlm_head.safetensors"))
     if directory.exists():
-        import shutil
-
         shutil.rmtree(directory)
     tmp.rename(directory)
 
@@ -265,3 +301,19 @@ def run_pretrain_stage(cfg: PretrainConfig, backbone: str, task_dir: str | Path 
     task_dir = Path(task_dir) if task_dir is not None else None
     texts = read_corpus(cfg, task_dir, data, seed)
     return pretrain(cfg, backbone, texts, out, seed, progress, task_dir, data)
+
+
+@register_stage("pretrain", PretrainConfig)
+class Pretrain(Stage):
+    """Runs before the training stage; the training stage then starts from the pre-trained backbone."""
+
+    kind = "pre"
+    tunable = False  # every trial would pre-train again: pre-train once, then tune on its backbone
+    summary = "further masked-LM pre-training on task (TAPT) or domain (DAPT) text before training"
+
+    def run(self, spec: RunSpec, cfg: PretrainConfig) -> PreResult:
+        record = run_pretrain_stage(cfg, spec.recipe.model.backbone, spec.task_dir, spec.out / "pretrain",
+                                    spec.recipe.data, spec.seed, spec.progress)
+        summary = {k: record[k] for k in ("masking", "texts", "heldout_texts", "steps", "best_step",
+                                          "best_heldout_loss", "stopped", "seconds", "model")}
+        return PreResult(backbone=record["model"], summary=summary)
