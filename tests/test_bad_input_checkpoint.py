@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from plmtune import rundir
 from plmtune.cli import main
 from plmtune.engine import checkpoint
 from test_bad_input import mounted  # noqa: F401 (the real tmpfs fixture)
@@ -112,6 +113,7 @@ def test_a_bad_checkpoint_on_resume_gives_one_paragraph_and_exit_2(case, toy_tas
     make, pattern = CASES[case]
     out, marker = tmp_path / "out", tmp_path / "ran"
     path, extra = make(out, interrupted, marker)
+    (out / rundir.MARKER).write_text("")  # a run folder plmtune wrote, whose checkpoint is then damaged
     before = path.read_bytes()
     capsys.readouterr()
     code = main(["run", "baseline", "--data", str(toy_task), "--out", str(out), "--seed", "13", *RUN, *extra,

@@ -25,16 +25,20 @@ def test_atomic_json_gets_the_mode_an_ordinary_write_would(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.json", "result.json"]  # no temp file left
 
 
-def test_prepare_out_dir_removes_only_what_a_run_writes(tmp_path):
+def test_run_folder_sets_only_what_a_run_writes_aside_and_drops_it_on_success(tmp_path):
     out = tmp_path / "run"
     (out / "self_training").mkdir(parents=True)
-    for name in ("result.json", "metrics.jsonl", "notes.txt", "self_training/state.safetensors"):
+    (out / rundir.MARKER).write_text("")
+    for name in ("metrics.jsonl", "notes.txt", "self_training/state.safetensors"):
         (out / name).write_text("x")
-    rundir.prepare_out_dir(out, resume=True, stage_dirs=("self_training",))
-    assert not (out / "result.json").exists() and (out / "metrics.jsonl").exists()
-    assert (out / "self_training" / "state.safetensors").exists()
-    rundir.prepare_out_dir(out, stage_dirs=("self_training",))
-    assert sorted(p.name for p in out.rglob("*")) == ["notes.txt", "self_training"]
+    with rundir.run_folder(out, resume=True, stage_dirs=("self_training",)):  # resume: continued in place
+        assert (out / "metrics.jsonl").exists() and (out / "self_training" / "state.safetensors").exists()
+    with rundir.run_folder(out, stage_dirs=("self_training",)):
+        assert sorted(p.name for p in (out / rundir.ASIDE).iterdir()) == ["metrics.jsonl", "self_training"]
+        (out / "result.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "notes.txt", "result.json", "self_training"]
+    assert list((out / "self_training").iterdir()) == []
 
 
 def test_only_rank_zero_is_the_main_process(monkeypatch):

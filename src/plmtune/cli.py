@@ -26,9 +26,12 @@ def _recipe(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_recipe
 
+    if not args.out.strip():
+        raise PlmtuneError("--out is empty; name a new or empty folder for the run (an empty --out would write "
+                           "into the current folder).")
     recipe = _recipe(args)
     result = run_recipe(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model,
-                        resume=args.resume)
+                        resume=args.resume, overwrite=args.overwrite)
     test = result["test"] or {}
     dev = result["dev"] or {}
     print(f"{recipe.name} on {result['task']} (seed {result['seed']}): "
@@ -244,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action="store_true", help="also save the best model to OUT/model")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint (written every train.checkpoint_every steps)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-run into a folder holding a finished run (its outputs are replaced once the new run succeeds)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pretrain", help="further pre-training (MLM) on a task folder (TAPT) or a text file (DAPT)")

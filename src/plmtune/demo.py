@@ -105,7 +105,8 @@ def run_demo(out: Path, seeds: list[int], progress: bool = False) -> dict[str, A
         recipe = load_recipe(name, DEMO_OVERRIDES)
         for seed in seeds:
             print(f"[demo] {name}, seed {seed} ...", flush=True)
-            result = run_recipe(recipe, data, out / "runs" / name / f"seed-{seed}", seed=seed, progress=progress)
+            result = run_recipe(recipe, data, out / "runs" / name / f"seed-{seed}", seed=seed, progress=progress,
+                                    overwrite=True)
             results.setdefault(name, []).append(result)
     summary = {}
     print(f"\nDemo: {len(seeds)} seeds on {data} (test n={SIZES['test']})")

@@ -41,6 +41,8 @@ def resolve_technique(entry: Any, where: str) -> TechniqueSpec:
     if not isinstance(entry, dict) or "name" not in entry:
         raise RecipeError(f"{where} must be a mapping with a 'name' key, got {entry!r}.")
     name = entry["name"]
+    if not isinstance(name, str):
+        raise RecipeError(f"{where}.name must be a technique name (a string), got {name!r}.")
     known = technique_registry()
     if name not in known:
         raise RecipeError(f"{where}: unknown technique '{name}'.{suggest(str(name), known)}")

@@ -14,6 +14,7 @@ import yaml
 
 from .config import RECIPES_DIR, Recipe
 from .errors import RecipeError, suggest
+from .safe_yaml import YamlProblem, load_yaml
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -47,12 +48,9 @@ def read_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> d
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise RecipeError(f"Recipe extends itself in a loop: {chain}.")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError(f"Recipe {path} is not valid YAML: {problem}{where}.") from err
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except YamlProblem as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {err.problem}{err.where}.") from None
     except UnicodeDecodeError as err:
         raise RecipeError(f"Recipe {path} is not UTF-8 text: {err}") from err
     if not isinstance(raw, dict):
@@ -60,6 +58,9 @@ def read_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> d
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise RecipeError(f"Recipe {path}: 'extends' must name one recipe (a shipped name such as 'baseline', "
+                          f"or a path), got {parent!r}.")
     return _deep_merge(read_raw_recipe(parent, (*_seen, path)), raw)
 
 
@@ -73,17 +74,25 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
             raise RecipeError(f"Override '{override}' must look like key.sub=value or ~key.sub.")
         dotted, text = override.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise RecipeError(f"Override '{override}': the value is not valid YAML ({problem}).") from err
+            value = load_yaml(text) if text.strip() else ""
+        except YamlProblem as err:
+            raise RecipeError(f"Override '{override}': the value is not valid YAML ({err.problem}).") from None
     keys = dotted.strip().split(".")
     if not all(keys):
         raise RecipeError(f"Override '{override}' has an empty key.")
+    if keys[0] == "extends":
+        # extends is resolved when the file is read, before any override; accepting it here would
+        # silently do nothing.
+        raise RecipeError(f"Override '{override}': 'extends' cannot be set with --set (it is resolved when the "
+                          "recipe file is read). Write a recipe file with 'extends:' instead, or run the other "
+                          "recipe with your overrides.")
     node: Any = raw
     for i, key in enumerate(keys[:-1]):
         node = _child(node, key, override, create=not delete)
     last = keys[-1]
+    if not isinstance(node, (dict, list)):
+        raise RecipeError(f"Override '{override}': '{keys[-2]}' holds a single value ({node!r}), "
+                          f"so it has no key '{last}'.")
     if isinstance(node, list):
         index = _index(node, last, override)
         if delete:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Recipe
+from .data import find_split_file
 from .errors import PlmtuneError, RecipeError
 from .loading import build_recipe
 from .recipe_io import apply_override
@@ -68,7 +69,7 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
         raise RecipeError(f"plmtune tune cannot tune a recipe with a {refused.name} stage: every trial would run "
                           f"{refused.name} again. Run it once (e.g. 'plmtune pretrain'), then tune the recipe "
                           "without that section on its result.")
-    if not any(task_dir.glob("dev.*")):
+    if find_split_file(task_dir, "dev") is None:  # dev.* or validation.*
         raise PlmtuneError(f"Tuning needs a dev split in {task_dir} to score trials on.")
     out.mkdir(parents=True, exist_ok=True)
     space = search_space(recipe)
@@ -85,13 +86,18 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
     def objective(trial: optuna.Trial) -> float:
         values = {path: trial.suggest_float(path, b[0], b[1], log=len(b) > 2 and b[2] == "log")
                   for path, b in space.items()}
-        result = run_recipe(resolved(values), dev_only, out / "trials" / f"trial-{trial.number}", seed=seed)
+        result = run_recipe(resolved(values), dev_only, out / "trials" / f"trial-{trial.number}", seed=seed,
+                            overwrite=True)
         score = (result["dev"] or {}).get(recipe.train.select_metric, float("nan"))
-        trials.append({"number": trial.number, "values": values, "dev": score, "seconds": result["train_seconds"]})
+        # null, not NaN, in tune.json: the JSON writer is strict (a trial with no dev score has none)
+        trials.append({"number": trial.number, "values": values, "dev": score if score == score else None,
+                       "seconds": result["train_seconds"]})
         logger.info("trial %d: %s -> dev %s %.4f", trial.number, values, recipe.train.select_metric, score)
         return score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR, not WARNING: Optuna logs a failing trial ("Trial 0 failed ...") at WARNING with its whole
+    # traceback, before plmtune's own one-paragraph message for the same error.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     start = time.perf_counter()
     try:
@@ -101,7 +107,7 @@ def tune(recipe: Recipe, task_dir: str | Path, out: str | Path, budget_minutes: 
     if not trials:
         raise PlmtuneError("No trial finished within the budget; give tune more minutes.")
     best = study.best_trial
-    final = run_recipe(resolved(best.params), task_dir, out / "final", seed=seed)
+    final = run_recipe(resolved(best.params), task_dir, out / "final", seed=seed, overwrite=True)
     summary = {"space": {k: list(v) for k, v in space.items()}, "trials": trials, "best_values": best.params,
                "best_dev": best.value, "search_seconds": round(time.perf_counter() - start, 1),
                "final_test": final["test"], "seed": seed}

@@ -56,7 +56,10 @@ def command(spec: RunSpec) -> list[str]:
     common = ["--data", str(spec.data_dir), "--out", str(spec.out_dir), "--seed", str(spec.seed)]
     if spec.method.peer:
         return [*base, "peer", spec.method.peer, *common]
-    return [*base, "run", spec.method.recipe, *common, *[a for s in spec.method.set for a in ("--set", s)]]
+    # --overwrite: the bench owns its run folders and re-runs one only when it is not done (failed,
+    # interrupted or changed); the old outputs stay until the new run has succeeded.
+    return [*base, "run", spec.method.recipe, *common, "--overwrite",
+            *[a for s in spec.method.set for a in ("--set", s)]]
 
 
 def execute(spec: RunSpec, key: str, threads: int | None) -> dict[str, Any]:

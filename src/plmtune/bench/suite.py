@@ -3,7 +3,7 @@
 A suite file::
 
     name: fewshot
-    data_root: ../../shared/data      # relative to this file; each task is a folder below it
+    data_root: ../shared/data         # relative to the current folder (or --data-root); a folder per task
     tasks: [sst2, subj, trec, rte, mrpc, cola]
     k: [8, 16]
     seeds: [13, 21, 42, 87, 100]
@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..loading import load_recipe
 from ..errors import RecipeError, suggest
+from ..loading import load_recipe
+from ..safe_yaml import YamlProblem, load_yaml
 from .layout import data_dir, name_problem, run_dir
 from .peers import PEERS
 
@@ -152,12 +151,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise RecipeError(f"Suite {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}).") \
             from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError(f"Suite {path} is not valid YAML: {problem}{where}.") from None
+        raw = load_yaml(text)
+    except YamlProblem as err:
+        raise RecipeError(f"Suite {path} is not valid YAML: {err.problem}{err.where}.") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -38,7 +38,7 @@ import torch
 from ..errors import PlmtuneError
 
 FILE = "checkpoint.safetensors"
-LEGACY_FILE = "checkpoint.pt"  # pickled by torch.save before version 2 of the format; never loaded
+LEGACY_FILE = "checkpoint.pt"  # pickled by torch.save by earlier plmtune versions; never loaded
 FORMAT, VERSION = "plmtune-tree", "1"
 # Recipe fields that may change between a run and its resume without changing what it trains:
 # wording, how often checkpoints are written, and train.seed (the seed actually used is recorded
@@ -194,6 +194,11 @@ def save_tree(path: str | Path, tree: Any) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        mask = os.umask(0)
+        os.umask(mask)
+        # the mode an ordinary open() would give (0644 under the usual umask), not mkstemp's 0600;
+        # after save_file, which writes a new file in place of the temp one
+        os.chmod(tmp, 0o666 & ~mask)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())  # on disk before the rename: a power cut leaves old or new, not a hole
         os.replace(tmp, path)
@@ -389,7 +394,7 @@ def load(directory: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any
     if not (isinstance(payload, dict) and set(payload) == set(_PARTS)):
         raise _refuse(path, "not a training-loop checkpoint")
     saved = payload["fingerprint"]
-    if fingerprint is not None and saved is not None and saved != fingerprint:
+    if fingerprint is not None and saved != fingerprint:  # a checkpoint without one cannot be trusted to match
         raise CheckpointError(
             f"{path} was written by a run with another configuration, so resuming from it would mix "
             f"two runs ({describe_difference(saved, fingerprint)}). Resume with the original recipe, "

@@ -47,11 +47,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import BATCH_SIZE, LR, MAX_LENGTH, MAX_STEPS, WARMUP_RATIO, WEIGHT_DECAY, DataConfig
-from ..data import find_split_file, read_records
+from ..data import _decode, find_split_file, read_records
 from ..engine import checkpoint
 from ..engine.best import BestTracker, lower, state_copy
 from ..engine.optim import default_param_groups, linear_schedule, make_adamw
-from ..errors import DataError
+from ..errors import DataError, TrainingError
 from ..mlm import IGNORE, MaskingCollator, mlm_head_for
 from ..models import load_backbone, resolve_backbone
 from ..rundir import write_json_atomic
@@ -117,7 +117,8 @@ def read_corpus(cfg: PretrainConfig, task_dir: Path | None, data: DataConfig, se
                     raise DataError(path, "needs a string text field for pre-training.", line, data.text_field)
                 texts.append(value)
         else:
-            texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+            # _decode: a non-UTF-8 byte is a DataError naming the file and line, as for task files
+            texts = [t.strip() for t in _decode(path).split("\n") if t.strip()]
     else:
         if task_dir is None or not Path(task_dir).is_dir():
             raise DataError(Path(str(task_dir)), "TAPT needs a task folder (or set pretrain.corpus).")
@@ -146,6 +147,10 @@ class MaskedLM(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         chosen = labels != IGNORE
         logits = self.head(hidden[chosen])  # only masked positions reach the 30k-wide decoder
+        if not bool(chosen.any()):
+            # No token of this batch was masked (short texts): the mean would be 0/0 = NaN. A zero
+            # loss still joined to the graph gives zero gradients, and every rank still steps together.
+            return logits.float().sum() * 0.0
         return nn.functional.cross_entropy(logits.float(), labels[chosen])
 
 
@@ -164,9 +169,14 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
     fingerprint = _fingerprint(cfg, backbone, texts, seed)
     record_file = out / "pretrain.json"
     if record_file.is_file() and (out / "model" / "config.json").is_file():
-        previous = json.loads(record_file.read_text())
-        if previous.get("fingerprint") == fingerprint:
-            return previous  # already done with this configuration, backbone and corpus
+        try:
+            previous = json.loads(record_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            previous = None  # a damaged record: pre-train again rather than trust it
+        if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
+            # Already done with this configuration, backbone and corpus. The backbone is always this
+            # folder's model/, never a path read from the file (a planted record could point anywhere).
+            return {**previous, "model": str(out / "model")}
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if accelerator.is_main_process:
         record_file.unlink(missing_ok=True)
@@ -215,6 +225,11 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
         model.train()
         for index, batch in replay(loader):
             loss = model(**batch)
+            if not math.isfinite(loss.item()):  # as fine-tuning does: never go on, nor save, on NaN/inf
+                raise TrainingError(
+                    f"The pre-training (MLM) loss became {loss.item()} at step {state.step + 1}. Likely causes: "
+                    f"texts too short to mask any token (a batch with no masked token has no loss), or "
+                    f"pretrain.lr = {cfg.lr:g} too high. Nothing was saved from this run.")
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -224,6 +239,11 @@ def pretrain(cfg: PretrainConfig, backbone: str, texts: list[str], out: str | Pa
             bar.update(1)
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
                 value = _heldout_loss(model, heldout_loader, accelerator)
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"The held-out MLM loss is {value} at step {state.step}: the {len(heldout)} held-out "
+                        "text(s) are too short to mask any token (0/0), or training diverged. Give the corpus more "
+                        "and longer texts (one text per line). Nothing was saved from this run.")
                 state.history.append({"step": state.step, "train_loss": loss.item(), "heldout_loss": value})
                 bar.set_postfix(heldout=f"{value:.3f}")
                 if not tracker.offer({"heldout_loss": value, "step": state.step}, lambda: state_copy(bare)) \
@@ -275,8 +295,9 @@ def _heldout_loss(model: nn.Module, loader: Any, accelerator: Any) -> float:
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device if accelerator else "cpu")
     for batch in loader:  # [sum of batch losses, number of batches]
-        total[0] += model(**batch).double()
-        total[1] += 1
+        if bool((batch["labels"] != IGNORE).any()):  # a batch with no masked token says nothing
+            total[0] += model(**batch).double()
+            total[1] += 1
     model.train()
     if accelerator is not None:
         total = accelerator.reduce(total, reduction="sum")

@@ -201,6 +201,10 @@ class ChildTuning(Technique):
                 self.cuda_rng = torch.Generator(device=grad.device).manual_seed(self.seed * 1_000_003 + self.step_index)
             p = self.config.reserve_p
             keep = torch.rand(grad.shape, device=grad.device, generator=self.cuda_rng) < p
+            if not self.decay_masked and grad.dim() == 2 and "embeddings" in self.names.get(id(param), ""):
+                # As on the CPU path: rows of tokens absent from the batch have no gradient to
+                # keep, so they count as masked and are spared decay.
+                keep &= grad.any(dim=1, keepdim=True)
             grad.mul_(keep).div_(p)
             return None if self.decay_masked else keep
         scale = 256.0 / self.keep_levels
