@@ -100,3 +100,27 @@ def test_a_local_folder_resolves_to_itself_and_a_file_is_refused(tmp_path):
     assert resolve_backbone(str(tmp_path)) == str(tmp_path)
     with pytest.raises(PlmtuneError, match=r"config.json is a file, not a model folder"):
         resolve_backbone(str(tmp_path / "config.json"))
+
+
+def test_full_disk_while_saving_a_model_leaves_no_half_model(tmp_path, tokenizer, monkeypatch):
+    """Review case O5: the model folder is complete or absent (an older one stays whole)."""
+    import safetensors.torch
+
+    from plmtune.errors import PlmtuneError
+
+    model = SequenceClassifier(tiny_bert(vocab_size=30522), num_labels=2)
+    target = tmp_path / "model"
+    model.save(target, tokenizer)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(PlmtuneError, match=r"Could not save the model to .*model: .*No space left.*Nothing partial"):
+        SequenceClassifier(tiny_bert(vocab_size=30522, seed=1), num_labels=2).save(target, tokenizer)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the old model, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left
+    with pytest.raises(PlmtuneError):
+        model.save(tmp_path / "fresh", tokenizer)
+    assert not (tmp_path / "fresh").exists()

@@ -271,28 +271,58 @@ class SequenceClassifier(nn.Module):
                 "pooling_layers": self.pooler.layers, "feature_dim": 0, "feature_at": None}
 
     def save(self, directory: str | Path, tokenizer: Any = None) -> None:
-        """Save the encoder (loadable as a backbone) and the head beside it."""
-        directory = save_encoder_and_head(self, directory, tokenizer, "head.safetensors")
-        (directory / "head.json").write_text(json.dumps(self.head_config()) + "\n")
+        """Save the encoder (loadable as a backbone) and the head beside it, all or nothing."""
+        save_encoder_and_head(self, directory, tokenizer, "head.safetensors",
+                              extra={"head.json": json.dumps(self.head_config()) + "\n"})
 
 
-def save_encoder_and_head(model: nn.Module, directory: str | Path, tokenizer: Any, head_file: str) -> Path:
+def save_encoder_and_head(model: nn.Module, directory: str | Path, tokenizer: Any, head_file: str,
+                          extra: dict[str, str] | None = None) -> Path:
     """Write ``model.encoder`` with save_pretrained (a backbone) and every other tensor to `head_file`.
 
     Tensors shared with the encoder (a decoder tied to the word embeddings) are saved once, with it.
+    `extra` maps file names to text written beside them. Everything goes into a temp folder that
+    replaces `directory` only once complete, so a full disk never leaves half a model there.
     """
+    import shutil
+    import tempfile
+
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    encoder_tensors = {t.data_ptr() for t in model.encoder.state_dict().values()}
-    head = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-            if not k.startswith("encoder.") and v.data_ptr() not in encoder_tensors}
-    save_file(head, os.fspath(directory / head_file))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        staging.chmod(0o777 & ~_umask())
+        model.encoder.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        encoder_tensors = {t.data_ptr() for t in model.encoder.state_dict().values()}
+        head = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+                if not k.startswith("encoder.") and v.data_ptr() not in encoder_tensors}
+        save_file(head, os.fspath(staging / head_file))
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(staging, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except Exception as err:  # safetensors and transformers raise their own types on a full disk
+        shutil.rmtree(staging, ignore_errors=True)
+        text = str(err).strip()
+        reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
+        raise PlmtuneError(f"Could not save the model to {directory}: {reason}. Nothing partial was left there "
+                           "(it is written to a temp folder and renamed when complete).") from err
     return directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
