@@ -100,7 +100,7 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
     allowed = top_keys()
     for key in raw:
         if key not in allowed:
-            raise RecipeError(f"Unknown top-level key '{key}'.{suggest(str(key), allowed)}")
+            raise RecipeError(f"Unknown top-level key {str(key)!r}.{suggest(str(key), allowed)}")
     sections = {name: build_dataclass(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     entries = raw.get("techniques") or []
     if not isinstance(entries, list):

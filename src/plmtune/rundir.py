@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +113,8 @@ def run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
     out = Path(out)
     outputs = (*OUTPUTS, *stage_dirs)
     _check_owner(out, outputs)
+    created = not out.exists()  # a run that fails leaves no folder it created behind
+    failed = False
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -149,6 +152,7 @@ def run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
         except KeyboardInterrupt:
             raise  # keep what the interrupted run wrote: its checkpoint is what --resume continues from
         except BaseException:
+            failed = True
             if moved:  # the new run failed: its partial outputs go, the previous ones come back
                 for name in outputs:
                     _remove(out / name)
@@ -157,8 +161,14 @@ def run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
                 aside.rmdir()
             raise
         shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        failed = failed or not isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        raise
     finally:
         lock.release()
+        if failed and created and not any((out / "checkpoint").glob("*")):
+            # It holds only what this failed run wrote, and nothing --resume could continue from.
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def prepare_out_dir(out: Path, resume: bool = False, stage_dirs: tuple[str, ...] = ()) -> None:

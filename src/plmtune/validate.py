@@ -149,7 +149,7 @@ def build_dataclass(cls: type, raw: Any, where: str, skip: tuple[str, ...] = ())
         if key in skip:
             continue
         if key not in names:
-            raise RecipeError(f"Unknown key '{where}.{key}'.{suggest(str(key), names)}")
+            raise RecipeError(f"Unknown key {f'{where}.{key}'!r}.{suggest(str(key), names)}")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     _check_values(cls, kwargs, where)
     try:
