@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import Recipe
 from .base import PreResult, RunSpec, Stage, register_stage, registered_stages
-from . import finetune, pretrain, self_distillation, self_training  # noqa: F401,E402  (registers them)
+from . import embedding_head, finetune, pretrain, self_distillation, self_training  # noqa: F401,E402  (registers them)
 
 __all__ = ["PreResult", "RunSpec", "Stage", "plan", "register_stage", "registry"]
 

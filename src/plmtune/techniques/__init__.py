@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..technique import Technique, registered
 from . import (  # noqa: F401  (importing registers the built-in techniques)
-    adapters, back_translation, child_tuning, eda, ema, gradual_unfreeze, inject, llrd, lora, mixout, noisytune,
+    adapters, back_translation, child_tuning, contrastive, eda, ema, gradual_unfreeze, inject, llrd, lora, mixout, noisytune,
     prompt, rdrop, reinit,
 )
 
