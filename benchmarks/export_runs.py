@@ -16,7 +16,7 @@ from pathlib import Path
 
 from plmtune.bench.report import collect
 
-STAGE_FIELDS = ("self_training", "self_distillation", "pretrain")
+STAGE_FIELDS = ("self_training", "self_distillation", "pretrain", "embedding_head")
 
 
 def main() -> None:
