@@ -109,11 +109,10 @@ def head_weights(clf: Any, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     classes = [int(c) for c in clf.classes_]
     if len(classes) == 2 and coef.shape[0] == 1:  # binary: sigmoid(w·x + b) = softmax([0, w·x + b])[1]
         weight[classes[1]], bias[classes[1]] = coef[0], intercept[0]
-        missing = [c for c in range(num_labels) if c not in classes]
     else:
         for row, c in enumerate(classes):
             weight[c], bias[c] = coef[row], intercept[row]
-        missing = [c for c in range(num_labels) if c not in classes]
+    missing = [c for c in range(num_labels) if c not in classes]
     bias[missing] = -1e4  # a class no training row has is never predicted
     return weight, bias
 
