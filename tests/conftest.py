@@ -11,16 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def shared_dataset(name: str) -> Path:
-    """Path of a dataset in ../shared/data, or a visible skip where ../shared is absent."""
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"../shared/data/{name} is absent on this machine (needed for real-data tests)")
-    return path
+from shared_data import REPO, SHARED_DATA, shared_dataset  # noqa: F401  (tests import it from shared_data)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +100,23 @@ def tiny_marian(tmp_path_factory, tokenizer):
     MarianMTModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def saved_toy_model(toy_task, tmp_path, tiny_backbone):
+    """A saved model (plmtune.saved format) of a tiny BERT on the toy task: (model folder, task folder)."""
+    from plmtune.assemble import prepare
+    from plmtune.data import load_task
+    from plmtune.loading import load_recipe
+
+    def make(overrides=(), task=None, name="model"):
+        tiny_backbone()
+        task = task or toy_task
+        recipe = load_recipe("baseline", list(overrides))
+        prepared = prepare(recipe, load_task(task, recipe.data), 0)
+        with torch.no_grad():
+            prepared.model.classifier.weight.normal_(0, 1.0)
+        prepared.save(prepared.model, tmp_path / name)
+        return tmp_path / name, task
+
+    return make

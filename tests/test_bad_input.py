@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import shared_dataset
+from shared_data import shared_dataset
 from plmtune.cli import main
 
 GOOD = [{"text": "fine", "label": 0}, {"text": "great", "label": 1}]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import shared_dataset
+from shared_data import shared_dataset
 from plmtune.cli import main
 from test_bad_input import GOOD, _task
 

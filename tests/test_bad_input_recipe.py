@@ -44,6 +44,11 @@ CASES = {
                                        r"techniques\[0\]\.name must be a technique name \(a string\), got \['a'\]"),
     "--set below a single value (S1)": (lambda t: ["show", "baseline", "--set", "train.lr.x=1"],
                                         r"'lr' holds a single value .* so it has no key 'x'"),
+    "a Hugging Face name and its key": (lambda t: ["validate", _file(t, "r.yaml", "train:\n  lr: 1.0e-5\n"
+                                                                  "  learning_rate: 2.0e-5\n")],
+                                        r"train sets both 'learning_rate' \(the Hugging Face name of 'lr'\) and 'lr'"),
+    "typo near a Hugging Face name": (lambda t: ["show", "baseline", "--set", "train.learning_rat=1e-5"],
+                                      r"Unknown key 'train\.learning_rat'\. Did you mean 'learning_rate'"),
     "--set extends (S2)": (lambda t: ["show", "baseline", "--set", "extends=llrd"],
                            r"'extends' cannot be set with --set"),
     "alias bomb in a suite (R9)": (lambda t: ["bench", _file(t, "s.yaml", "name: s\n" + _bomb() + "tasks: *a9\n"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA, shared_dataset
+from shared_data import SHARED_DATA, shared_dataset
 from plmtune.config import DataConfig
 from plmtune.data import EncodedSplit, PadCollator, eval_loader, load_task, read_records
 from plmtune.errors import DataError

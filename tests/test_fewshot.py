@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import shared_dataset
+from shared_data import shared_dataset
 from plmtune.errors import DataError, PlmtuneError
 from plmtune.fewshot import make_fewshot
 

@@ -14,7 +14,7 @@ from plmtune.stages import registry as stages
 
 def test_every_registered_stage_with_a_config_is_a_recipe_key():
     keyed = {name for name, stage in stages().items() if stage.config_class is not None}
-    assert keyed == {"pretrain", "self_training", "self_distillation", "embedding_head"}
+    assert keyed == {"pretrain", "self_training", "self_distillation", "embedding_head", "distillation"}
     assert keyed <= set(top_keys())
     with pytest.raises(RecipeError, match="Unknown top-level key 'self_trainin'.*Did you mean 'self_training'"):
         load_recipe("baseline", ["self_trainin.iterations=2"])

@@ -28,10 +28,21 @@ def test_mean_pooling_ignores_padding():
     assert pool(hidden, mask, "cls").tolist() == [[1.0, 1.0]]
 
 
+def _save(model, tokenizer, directory):
+    """plmtune.saved.save_model for a bare classifier (what --save-model writes)."""
+    from plmtune.loading import load_recipe
+    from plmtune.saved import model_meta, save_model
+    from plmtune.technique import TrainContext
+
+    recipe = load_recipe("baseline")
+    ctx = TrainContext(recipe=recipe, seed=0, num_labels=model.num_labels, task_name="t")
+    return save_model(model, tokenizer, recipe, model_meta(ctx, None, False), directory)
+
+
 def test_saved_model_loads_back_as_a_backbone(tmp_path, tokenizer):
-    model = SequenceClassifier(tiny_bert(vocab_size=30522), num_labels=3)
-    model.save(tmp_path / "m", tokenizer)
-    _, encoder = load_backbone(str(tmp_path / "m"))
+    model = SequenceClassifier(tiny_bert(vocab_size=30522), num_labels=3, pooling="mean")
+    _save(model, tokenizer, tmp_path / "m")
+    _, encoder = load_backbone(str(tmp_path / "m"))  # a plmtune model folder: its encoder
     for (name, a), b in zip(model.encoder.state_dict().items(), encoder.state_dict().values()):
         assert torch.equal(a, b), name
     assert (tmp_path / "m" / "head.safetensors").is_file()
@@ -110,17 +121,17 @@ def test_full_disk_while_saving_a_model_leaves_no_half_model(tmp_path, tokenizer
 
     model = SequenceClassifier(tiny_bert(vocab_size=30522), num_labels=2)
     target = tmp_path / "model"
-    model.save(target, tokenizer)
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    _save(model, tokenizer, target)
+    before = {p.name: p.read_bytes() for p in target.rglob("*") if p.is_file()}
 
     def full_disk(*args, **kwargs):
         raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     with pytest.raises(PlmtuneError, match=r"Could not save the model to .*model: .*No space left.*Nothing partial"):
-        SequenceClassifier(tiny_bert(vocab_size=30522, seed=1), num_labels=2).save(target, tokenizer)
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the old model, byte for byte
+        _save(SequenceClassifier(tiny_bert(vocab_size=30522, seed=1), num_labels=2), tokenizer, target)
+    assert {p.name: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before  # the old model, byte for byte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left
     with pytest.raises(PlmtuneError):
-        model.save(tmp_path / "fresh", tokenizer)
+        _save(model, tokenizer, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()

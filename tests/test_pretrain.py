@@ -167,7 +167,7 @@ def test_pretrain_then_finetune_in_one_run(tmp_path, tiny_pretrain, monkeypatch)
 
 @pytest.mark.slow
 def test_selective_weights_on_real_sst2_favour_sentiment_words(tmp_path, tokenizer):
-    from conftest import shared_dataset
+    from shared_data import shared_dataset
     from plmtune.fewshot import make_fewshot
     from plmtune.selective import importance_weights
 
@@ -199,7 +199,7 @@ def test_pretrain_command_writes_a_backbone_folder(tmp_path, tiny_pretrain, caps
 
 @pytest.mark.slow
 def test_tapt_on_real_sst2_with_the_bundled_model(tmp_path):
-    from conftest import shared_dataset
+    from shared_data import shared_dataset
     from plmtune.fewshot import make_fewshot
     from plmtune.mlm import mlm_head_for
     from plmtune.models import load_backbone

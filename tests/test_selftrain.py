@@ -263,7 +263,7 @@ def test_self_distillation_resumes_at_the_interrupted_round_with_the_same_result
 
 @pytest.mark.slow
 def test_list_on_real_sst2_keeps_the_encoder_frozen_and_memory_near_one_model(tmp_path):
-    from conftest import shared_dataset
+    from shared_data import shared_dataset
     from plmtune.fewshot import make_fewshot
     from plmtune.run import run_recipe
 

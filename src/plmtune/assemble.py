@@ -92,6 +92,13 @@ class Prepared:
 
     # ------------------------------------------------------------------ record
 
+    def save(self, model: torch.nn.Module, directory: Any) -> dict[str, Any]:
+        """Save a model trained here as a saved-model folder (:mod:`plmtune.saved`); returns its export notes."""
+        from .saved import model_meta, save_model
+
+        meta = model_meta(self.ctx, self.task.label_names, self.task.is_pair)
+        return save_model(model, self.ctx.tokenizer, self.recipe, meta, directory)
+
     def parameters(self) -> dict[str, int]:
         return count_parameters(self.model)
 
@@ -130,6 +137,11 @@ def _noting(technique: Technique, ctx: TrainContext, reports: dict[str, dict], h
     return result
 
 
+def head_model(recipe: Recipe, encoder: torch.nn.Module, num_labels: int) -> SequenceClassifier:
+    """The recipe's classifier on `encoder`, before any technique (training and loading a saved model both start here)."""
+    return SequenceClassifier(encoder, num_labels, recipe.model.pooling, recipe.model.dropout, recipe.model.pooling_layers)
+
+
 def prepare(recipe: Recipe, task: TaskData, seed: int, splits: dict[str, list[dict]] | None = None,
             extra_fields: dict[str, str] | None = None, seed_rng: bool = True) -> Prepared:
     """Backbone, techniques' data and model preparation, encoded splits and the collator.
@@ -151,8 +163,7 @@ def prepare(recipe: Recipe, task: TaskData, seed: int, splits: dict[str, list[di
     splits = dict(task.splits if splits is None else splits)
     for technique in techniques:
         splits = _noting(technique, ctx, reports, "prepare_data", splits)
-    model: torch.nn.Module = SequenceClassifier(encoder, ctx.num_labels, recipe.model.pooling, recipe.model.dropout,
-                                                recipe.model.pooling_layers)
+    model: torch.nn.Module = head_model(recipe, encoder, ctx.num_labels)
     for technique in techniques:
         model = _noting(technique, ctx, reports, "prepare_model", model)
     fields = {k: v for t in techniques for k, v in t.batch_fields.items()} | (extra_fields or {})

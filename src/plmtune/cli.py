@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
@@ -10,16 +11,40 @@ import math
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PlmtuneError
 
+if TYPE_CHECKING:
+    from .config import DataConfig
+
+# The data fields `run`, `tune`, `show` and `pretrain` take as options (recipe keys data.<name>).
+DATA_FIELDS = {"text_field": "the field holding the text", "text_pair_field": "the field holding a pair's second text",
+               "label_field": "the field holding the label"}
+LISTS = ("techniques", "stages", "recipes")
+
+DESCRIPTION = "plmtune: accurate, stable fine-tuning of BERT-family encoders on text classification."
+EPILOG = """examples:
+  plmtune demo                                   # offline: baseline vs LLRD on a bundled dataset
+  plmtune list                                   # techniques, stages and shipped recipes
+  plmtune run llrd --data few/16-13 --out runs/llrd --set train.lr=3e-5
+  plmtune show llrd --set train.learning_rate=3e-5   # the resolved recipe (HF names accepted)
+
+-v/--verbose and -q/--quiet go before or after the command. User errors exit 2."""
+
 
 def _recipe(args: argparse.Namespace):
+    """The recipe, with --set, then --seed and the --*-field options, applied."""
     from .loading import load_recipe
 
     overrides = list(args.set or [])
     if getattr(args, "seed", None) is not None:
         overrides.append(f"train.seed={args.seed}")
+    for name in DATA_FIELDS:
+        if getattr(args, name, None) is not None:  # JSON-quoted: a field named 'yes' or '1' stays a string
+            overrides.append(f"data.{name}={json.dumps(getattr(args, name))}")
+    if getattr(args, "report_to", None):
+        overrides.append(f"train.report_to={json.dumps(args.report_to)}")
     return load_recipe(args.recipe, overrides)
 
 
@@ -29,16 +54,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.out.strip():
         raise PlmtuneError("--out is empty; name a new or empty folder for the run (an empty --out would write "
                            "into the current folder).")
+    from .loading import check_requirements
+
     recipe = _recipe(args)
+    check_requirements(recipe)  # a missing optional package (peft, a tracker's) stops the run before any model loads
     result = run_recipe(recipe, args.data, args.out, progress=sys.stderr.isatty(), save_model=args.save_model,
                         resume=args.resume, overwrite=args.overwrite)
-    test = result["test"] or {}
-    dev = result["dev"] or {}
-    print(f"{recipe.name} on {result['task']} (seed {result['seed']}): "
-          f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 {test.get('macro_f1', float('nan')):.4f}, "
-          f"MCC {test.get('mcc', float('nan')):.4f}; best dev accuracy {dev.get('accuracy', float('nan')):.4f}. "
-          f"Wrote {Path(args.out) / 'result.json'}")
+    print(run_summary(recipe.name, result, Path(args.out), args.save_model))
     return 0
+
+
+def run_summary(name: str, result: dict, out: Path, saved_model: bool = False) -> str:
+    """The one line `plmtune run` ends with: the scores, the best epoch, the train time, what it wrote."""
+    test, dev = result["test"] or {}, result["dev"] or {}
+
+    def find(key: str):  # result.json has the stage's details at the top level; older ones under "details"
+        return result.get(key, (result.get("details") or {}).get(key))
+
+    epoch, seconds = find("best_epoch"), find("train_seconds")
+    nan = float("nan")
+    return (f"{name} on {result['task']} (seed {result['seed']}): test accuracy {test.get('accuracy', nan):.4f}, "
+            f"macro-F1 {test.get('macro_f1', nan):.4f}, MCC {test.get('mcc', nan):.4f}; best dev accuracy "
+            f"{dev.get('accuracy', nan):.4f}" + (f" at epoch {epoch}" if epoch is not None else "")
+            + (f"; trained in {seconds:.1f} s" if seconds is not None else "") + ". "
+            + (f"Model: {out / 'model'}. " if saved_model else "") + f"Wrote {out / 'result.json'}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -96,17 +135,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .stages import registry as stages
     from .techniques import registry
 
-    if args.what == "techniques":
-        items = {name: (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-                 for name, cls in registry().items()}
-    elif args.what == "stages":
-        items = {name: f"[{cls.kind}] {cls.summary}" for name, cls in stages().items()}
-    else:
-        items = {path.stem: str(read_raw_recipe(path).get("description", ""))
-                 for path in RECIPES_DIR.glob("*.yaml")}
-    for name in sorted(items):
-        if fnmatch.fnmatch(name, args.pattern):
-            print(f"{name:20s} {items[name]}")
+    def items(what: str) -> dict[str, str]:
+        if what == "techniques":
+            return {name: (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+                    for name, cls in registry().items()}
+        if what == "stages":
+            return {name: f"[{cls.kind}] {cls.summary}" for name, cls in stages().items()}
+        return {path.stem: str(read_raw_recipe(path).get("description", "")) for path in RECIPES_DIR.glob("*.yaml")}
+
+    headings = args.what is None  # all three, each under its heading
+    for i, what in enumerate(LISTS if headings else [args.what]):
+        if headings:
+            print(("\n" if i else "") + f"{what}:")
+        found = items(what)
+        for name in sorted(found):
+            if fnmatch.fnmatch(name, args.pattern):
+                print(f"{'  ' if headings else ''}{name:20s} {found[name]}")
     return 0
 
 
@@ -150,7 +194,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     prepare_out_dir(out)
-    result = run_peer(args.name, args.data, args.seed, args.backbone)
+    result = run_peer(args.name, args.data, args.seed, args.backbone, args.teacher_backbone)
     write_json_atomic(out / "result.json", result)
     print(f"{args.name} on {result['task']} (seed {args.seed}): test accuracy "
           f"{(result['test'] or {}).get('accuracy', float('nan')):.4f}. Wrote {out / 'result.json'}")
@@ -175,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .bench.report import write_report
 
-    md, page = write_report(Path(args.dir), args.baseline)
+    md, page = write_report(Path(args.dir), args.baseline, metric=args.metric)
     print(f"Wrote {md} and {page}")
     return 0
 
@@ -229,70 +273,132 @@ def directory(text: str) -> str:
     return text
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's default after its help, where it has one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default is None or action.default is argparse.SUPPRESS \
+                or action.nargs == 0:  # flags: their default is 'off'
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _log_options() -> argparse.ArgumentParser:
+    """-v/-q, accepted before and after the subcommand; the last one given wins.
+
+    SUPPRESS as the default: a subcommand's parser that did not see the flag leaves the value the
+    top-level parser set alone.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.INFO,
+                        default=argparse.SUPPRESS, help="log at INFO level")
+    common.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.ERROR,
+                        default=argparse.SUPPRESS, help="log errors only")
+    return common
+
+
+_COMMON = _log_options()
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, summary: str, func=None) -> argparse.ArgumentParser:
+    """Add subcommand `name` (with -v/-q and the help format of the others) that runs `func`."""
+    p = sub.add_parser(name, help=summary, description=summary, parents=[_COMMON], formatter_class=_Formatter)
+    if func is not None:
+        p.set_defaults(func=func)
+    return p
+
+
+def recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a recipe file or the name of a shipped recipe (see 'plmtune list recipes')")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable; ~KEY deletes)")
+
+
+def report_to_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", nargs="+", metavar="TRACKER",
+                   help="log metrics to these experiment trackers through Accelerate (tensorboard, wandb, mlflow, "
+                        "comet_ml, aim, clearml, dvclive, or all); tensorboard writes to OUT/tracking/ "
+                        "(overrides train.report_to)")
+
+
+def data_field_args(p: argparse.ArgumentParser, defaults: DataConfig | None = None) -> None:
+    """--text-field, --text-pair-field, --label-field: recipe overrides, or (with `defaults`) plain options."""
+    for name, what in DATA_FIELDS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name, None), metavar="FIELD",
+                       help=f"{what} in the data files" + ("" if defaults else f" (overrides data.{name})"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="plmtune", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The parser of every subcommand. A new one: ``p = add_command(sub, name, summary, func)``, then its arguments."""
+    from .version import __version__
+    from .config import DataConfig
 
-    def recipe_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("recipe", help="a recipe file or the name of a shipped recipe (see 'plmtune list recipes')")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable; ~KEY deletes)")
+    parser = _Parser(prog="plmtune", description=DESCRIPTION, epilog=EPILOG, parents=[_COMMON],
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"plmtune {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these ('plmtune COMMAND --help' for its options):")
 
-    p = sub.add_parser("run", help="fine-tune a recipe on a task folder and write OUT/result.json")
+    p = add_command(sub, "run", "fine-tune a recipe on a task folder and write OUT/result.json", cmd_run)
     recipe_args(p)
     p.add_argument("--data", required=True, help="task folder with train/dev/test files")
     p.add_argument("--out", required=True, help="output folder for result.json and metrics.jsonl")
     p.add_argument("--seed", type=int, help="overrides train.seed")
-    p.add_argument("--save-model", action="store_true", help="also save the best model to OUT/model")
+    data_field_args(p)
+    p.add_argument("--save-model", action="store_true",
+                   help="also save the tested model to OUT/model (load it with plmtune predict / plmtune.load; "
+                        "transformers too where its head allows, see docs/usage.md)")
+    report_to_arg(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint (written every train.checkpoint_every steps)")
     p.add_argument("--overwrite", action="store_true",
                    help="re-run into a folder holding a finished run (its outputs are replaced once the new run succeeds)")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("pretrain", help="further pre-training (MLM) on a task folder (TAPT) or a text file (DAPT)")
+    p = add_command(sub, "pretrain", "further pre-training (MLM) on a task folder (TAPT) or a text file (DAPT)",
+                    cmd_pretrain)
     recipe_args(p)
     p.add_argument("--data", required=True, help="task folder (train + unlabeled text) or a .txt/.jsonl corpus")
     p.add_argument("--out", required=True, help="output folder: OUT/model (a backbone) and OUT/pretrain.json")
     p.add_argument("--seed", type=int, help="overrides train.seed")
-    p.set_defaults(func=cmd_pretrain)
+    data_field_args(p)
 
-    p = sub.add_parser("validate", help="check recipes without loading any model")
-    p.add_argument("recipes", nargs="+")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_validate)
+    p = add_command(sub, "validate", "check recipes without loading any model", cmd_validate)
+    p.add_argument("recipes", nargs="+", help="recipe files or names of shipped recipes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value in every recipe, e.g. --set train.lr=3e-5 (repeatable; ~KEY deletes)")
 
-    p = sub.add_parser("show", help="print a resolved recipe")
+    p = add_command(sub, "show", "print a resolved recipe", cmd_show)
     recipe_args(p)
-    p.set_defaults(func=cmd_show)
+    data_field_args(p)
 
-    p = sub.add_parser("list", help="list techniques, stages or shipped recipes")
-    p.add_argument("what", choices=("techniques", "recipes", "stages"))
-    p.add_argument("pattern", nargs="?", default="*")
-    p.set_defaults(func=cmd_list)
+    p = add_command(sub, "list", "list techniques, stages and shipped recipes", cmd_list)
+    p.add_argument("what", nargs="?", choices=LISTS, help="list only these (default: all three)")
+    p.add_argument("pattern", nargs="?", default="*", help="glob over the names")
 
-    p = sub.add_parser("data", help="data preparation")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    q = data_sub.add_parser("fewshot", help="LM-BFF few-shot splits: K per class for train and for dev")
+    p = add_command(sub, "data", "data preparation")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND",
+                                help="one of these ('plmtune data COMMAND --help' for its options):")
+    q = add_command(data_sub, "fewshot", "LM-BFF few-shot splits: K per class for train and for dev", cmd_fewshot)
     q.add_argument("src", help="dataset folder (train/dev/test or a single all.* file)")
     q.add_argument("out", help="output folder; one subfolder K-SEED per seed")
-    q.add_argument("--k", type=int, default=16, help="examples per class (default 16)")
+    q.add_argument("--k", type=int, default=16, help="examples per class")
     q.add_argument("--seeds", type=seed_list, default="13,21,42,87,100", help="comma-separated seeds")
-    q.add_argument("--text-field", default="text")
-    q.add_argument("--text-pair-field", default="text_pair")
-    q.add_argument("--label-field", default="label")
-    q.set_defaults(func=cmd_fewshot)
+    data_field_args(q, DataConfig())
 
-    p = sub.add_parser("peer", help="run a peer baseline (majority, linear_probe, setfit) on a task folder")
-    p.add_argument("name", choices=("majority", "linear_probe", "setfit"))
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--backbone", default="minilm")
-    p.set_defaults(func=cmd_peer)
+    p = add_command(sub, "peer", "run a peer baseline (majority, linear_probe, setfit, setfit_distill) on a task "
+                    "folder", cmd_peer)
+    p.add_argument("name", choices=("majority", "linear_probe", "setfit", "setfit_distill"), help="the peer baseline")
+    p.add_argument("--data", required=True, help="task folder with train/dev/test files")
+    p.add_argument("--out", required=True, help="output folder for result.json")
+    p.add_argument("--seed", type=int, default=42, help="seed of the peer's training and sampling")
+    p.add_argument("--backbone", default="minilm",
+                   help="sentence encoder of linear_probe and setfit (setfit_distill's student)")
+    p.add_argument("--teacher-backbone", default="mpnet", help="setfit_distill's teacher body")
 
-    p = sub.add_parser("bench", help="run a suite: methods x tasks x K x seeds, each run in its own process")
+    p = add_command(sub, "bench", "run a suite: methods x tasks x K x seeds, each run in its own process",
+                    cmd_bench)
     p.add_argument("suite", help="a suite file, or the name of a shipped one (smoke, fewshot, cost)")
     p.add_argument("--out", required=True, help="bench folder; a re-run skips finished runs")
     p.add_argument("--data-root", type=directory,
@@ -300,27 +406,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=positive_int, default=1, help="runs at once (each then gets 1 CPU thread)")
     p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
     p.add_argument("--methods", help="comma-separated method names to run (default: all)")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("report", help="report.md and report.html from a bench folder")
-    p.add_argument("dir")
+    p = add_command(sub, "report", "report.md and report.html from a bench folder", cmd_report)
+    p.add_argument("dir", help="a bench folder ('plmtune bench --out')")
     p.add_argument("--baseline", help="compare with this method instead of the suite's baseline")
-    p.set_defaults(func=cmd_report)
+    p.add_argument("--metric", choices=["accuracy", "macro_f1", "mcc"], default=None,
+                   help="the metric the differences and intervals are computed in (default: each task's own: MCC "
+                        "for cola, accuracy elsewhere)")
 
-    p = sub.add_parser("tune", help="search LR and technique knobs on dev with Optuna, then test once")
+    p = add_command(sub, "tune", "search LR and technique knobs on dev with Optuna, then test once", cmd_tune)
     recipe_args(p)
     p.add_argument("--data", type=directory, required=True, help="task folder with train and dev splits")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder for tune.json and one folder per trial")
     p.add_argument("--budget", type=positive_minutes, required=True, help="minutes of search")
     p.add_argument("--trials", type=positive_int, help="stop after this many trials")
-    p.add_argument("--seed", type=int)
-    p.set_defaults(func=cmd_tune)
+    p.add_argument("--seed", type=int, help="seed of the search and of every trial (default: 42)")
+    data_field_args(p)
 
-    p = sub.add_parser("demo", help="offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune")
-    p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
+    p = add_command(sub, "demo", "offline demo: baseline vs LLRD over 3 seeds on a dataset shipped with plmtune",
+                    cmd_demo)
+    p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--seeds", type=seed_list, default="13,21,42", help="comma-separated seeds")
-    p.set_defaults(func=cmd_demo)
+
+    from .cli_model import add_model_commands
+
+    add_model_commands(sub, add_command)  # predict, evaluate, export
     return parser
+
+
+def _logging_around_progress_bars(level: int):
+    """Log lines written through tqdm while logging at INFO or below, so that they do not break a progress bar."""
+    if level > logging.INFO:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (exit 2) or --help (exit 0): return it like any other code
         return 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(args, "log_level", logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with _logging_around_progress_bars(level):
+            return args.func(args)
     except PlmtuneError as err:
         print(f"plmtune: error: {err}", file=sys.stderr)
         return 2

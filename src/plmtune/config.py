@@ -132,6 +132,9 @@ class TrainConfig:
     seed: seeds Python, numpy, torch and the data order.
     checkpoint_every: write a resumable checkpoint every this many steps (0 = never); `plmtune
         run --resume` continues from it after a crash.
+    report_to: experiment trackers that get every step's and evaluation's metrics, through
+        Accelerate (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, ...; 'all' = every
+        one installed); tensorboard writes to OUT/tracking/plmtune/. Empty: metrics.jsonl only.
     """
 
     epochs: int = bounded(20, 1, 100_000)
@@ -150,9 +153,12 @@ class TrainConfig:
     select_metric: str = one_of("accuracy", METRICS)
     seed: int = bounded(42, 0, 2**32 - 1)
     checkpoint_every: int = MAX_STEPS(0)
+    report_to: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_declared(self, "train")
+        from .rundir import check_trackers
+        object.__setattr__(self, "report_to", check_trackers(self.report_to))  # a tuple of names Accelerate knows
 
 
 @dataclass(frozen=True)

@@ -427,6 +427,8 @@ def _truncate_single(texts: list[str], tokenizer: Any, max_length: int, how: str
         out["input_ids"].append(full)
         out["attention_mask"].append([1] * len(full))
         out["token_type_ids"].append([0] * len(full))
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ["token_type_ids"]):
+        del out["token_type_ids"]  # as the tokenizer itself does: MPNet and RoBERTa take no token types
     return out
 
 

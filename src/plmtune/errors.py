@@ -7,7 +7,7 @@ Anything a user can get wrong (a data file, a recipe, an argument) raises a subc
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class PlmtuneError(Exception):
@@ -35,12 +35,19 @@ class TrainingError(PlmtuneError):
     """Training cannot go on (for example a non-finite loss)."""
 
 
-def suggest(name: str, valid: Iterable[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest valid name, or a list of the valid names."""
+def suggest(name: str, valid: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """Return ' Did you mean 'x'?' for the closest valid name, or a list of the valid names.
+
+    `aliases` (other accepted names -> the valid name each stands for) are matched too, and named
+    with what they stand for, but not listed.
+    """
     valid = sorted(valid)
+    aliases = aliases or {}
+    candidates = [*valid, *sorted(aliases)]
     # An abbreviation ('acc' for 'accuracy') is the likeliest intent; then the closest spelling.
-    close = [v for v in valid if name and v.startswith(name)][:1] or \
-        difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    close = [v for v in candidates if name and v.startswith(name)][:1] or \
+        difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
     if close:
-        return f" Did you mean '{close[0]}'? Valid: {', '.join(valid)}."
+        hint = f"'{close[0]}'" + (f" (the same as '{aliases[close[0]]}')" if close[0] in aliases else "")
+        return f" Did you mean {hint}? Valid: {', '.join(valid)}."
     return f" Valid: {', '.join(valid)}."

@@ -10,14 +10,15 @@ validate``) also checks that the techniques' optional dependencies import.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, Recipe, StageSpec, TechniqueSpec
+from .config import SECTIONS, Recipe, StageSpec, TechniqueSpec, TrainConfig
 from .errors import RecipeError, suggest
-from .recipe_io import apply_override, read_raw_recipe
+from .recipe_io import TRAIN_ALIASES, apply_override, canonical_train_keys, read_raw_recipe
 from .stages import registry as stage_registry
 from .technique import EXCLUSIVE_HOOKS
 from .techniques import registry as technique_registry
@@ -71,7 +72,10 @@ def check_composition(recipe: Recipe) -> None:
 
 
 def check_requirements(recipe: Recipe) -> None:
-    """Raise RecipeError where a technique's optional dependency (its `requires`) cannot be imported."""
+    """Raise RecipeError where a technique's optional dependency (its `requires`), or the package of an
+    experiment tracker in ``train.report_to``, is not installed."""
+    from .rundir import check_tracker_packages
+
     known = technique_registry()
     for i, spec in enumerate(recipe.techniques):
         for module in known[spec.name].requires:
@@ -80,6 +84,47 @@ def check_requirements(recipe: Recipe) -> None:
                 raise RecipeError(f"techniques[{i}]: technique '{spec.name}' needs the Python package "
                                   f"'{package}' (module '{module}'), which is not installed. Install it with "
                                   f"'pip install {package}', or remove '{spec.name}' from the recipe.")
+    check_tracker_packages(recipe.train.report_to)
+    check_architecture(recipe)
+
+
+def check_architecture(recipe: Recipe) -> None:
+    """Raise RecipeError where a technique cannot work on the backbone's architecture (its check_backbone),
+    judged on a weightless skeleton built from the backbone's config.json: nothing loads. A hub name (no
+    local config offline) or an unreadable folder is left to the load, which reports it."""
+    from .technique import Technique
+
+    known = technique_registry()
+    checking = [(i, known[spec.name](spec.config)) for i, spec in enumerate(recipe.techniques)
+                if known[spec.name].check_backbone is not Technique.check_backbone]
+    skeleton = backbone_skeleton(recipe.model.backbone) if checking else None
+    for i, technique in checking if skeleton is not None else ():
+        try:
+            technique.check_backbone(skeleton)
+        except RecipeError as err:
+            raise RecipeError(f"techniques[{i}] on backbone '{recipe.model.backbone}': {err}") from None
+
+
+def backbone_skeleton(name: str) -> Any:
+    """The backbone's encoder built from its config.json on the meta device (no weights), or None."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from .errors import PlmtuneError
+    from .models import resolve_backbone
+
+    try:
+        folder = Path(resolve_backbone(name))
+    except PlmtuneError:
+        return None  # a bad path or a missing package: the load says so in its own words
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            return AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001  (an unloadable config: load_backbone names the fault)
+        return None
 
 
 def _stages(raw: dict[str, Any]) -> tuple[StageSpec, ...]:
@@ -93,14 +138,30 @@ def _stages(raw: dict[str, Any]) -> tuple[StageSpec, ...]:
     return tuple(sorted(specs, key=lambda s: known[s.name].kind != "train"))
 
 
+def _train_section(section: Any) -> Any:
+    """The train section with aliases renamed; a typo near an alias is pointed at it."""
+    section = canonical_train_keys(section)
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in section if isinstance(section, dict) else ():
+        if key not in names:
+            raise RecipeError(f"Unknown key {f'train.{key}'!r}.{suggest(str(key), names, TRAIN_ALIASES)}")
+    return section
+
+
 def build_recipe(raw: dict[str, Any]) -> Recipe:
-    """Turn a merged, override-applied mapping into a validated :class:`Recipe`."""
+    """Turn a merged, override-applied mapping into a validated :class:`Recipe`.
+
+    The train section may use Hugging Face TrainingArguments names (``learning_rate``,
+    ``num_train_epochs``, ...: :data:`plmtune.recipe_io.TRAIN_ALIASES`) for plmtune's keys.
+    """
     if not isinstance(raw, dict):
         raise RecipeError(f"A recipe must be a mapping at the top level, got {type(raw).__name__}.")
     allowed = top_keys()
     for key in raw:
         if key not in allowed:
             raise RecipeError(f"Unknown top-level key {str(key)!r}.{suggest(str(key), allowed)}")
+    if "train" in raw:  # Hugging Face names (learning_rate, ...) become plmtune's; the caller's dict is kept
+        raw = {**raw, "train": _train_section(raw["train"])}
     sections = {name: build_dataclass(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     entries = raw.get("techniques") or []
     if not isinstance(entries, list):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -31,12 +32,17 @@ class FolderBusyError(PlmtuneError):
 
 
 class FolderLock:
-    """Exclusive lock on `folder` (created if missing) for the life of this object or process."""
+    """Exclusive lock on `folder` (created if missing) for the life of this object or process.
 
-    def __init__(self, folder: str | Path, what: str = "plmtune"):
+    With `wait`, a lock held by another process is waited for (logged once) instead of refused:
+    for work the second process can reuse, such as assembling a cached backbone.
+    """
+
+    def __init__(self, folder: str | Path, what: str = "plmtune", wait: bool = False):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.what = what
+        self.wait = wait
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
@@ -49,11 +55,20 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _describe(_read_holder(fd))
-            os.close(fd)
-            raise FolderBusyError(
-                f"{self.folder} is in use by another {self.what} process ({holder}); two processes on one "
-                f"folder would run every job twice and mix their logs. Wait for it to finish, stop it, or use "
-                f"another folder. (The lock is released when that process ends, however it ends.)") from None
+            if self.wait:
+                logging.getLogger(__name__).info("waiting for %s, locked by another %s process (%s)",
+                                                 self.folder, self.what, holder)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            else:
+                os.close(fd)
+                raise FolderBusyError(
+                    f"{self.folder} is in use by another {self.what} process ({holder}); two processes on one "
+                    f"folder would run every job twice and mix their logs. Wait for it to finish, stop it, or use "
+                    f"another folder. (The lock is released when that process ends, however it ends.)") from None
         except BaseException:
             os.close(fd)
             raise

@@ -1,8 +1,9 @@
 """Masked-language-model pieces shared by prompt-based fine-tuning and further pre-training.
 
 * :func:`mlm_head_for` returns the backbone's own trained MLM head where its checkpoint has one
-  (BERT's ``cls.predictions.*`` weights, or the ``mlm_head.safetensors`` `plmtune pretrain` writes),
-  and otherwise builds BERT's head: a transform (dense hidden→hidden, GELU, LayerNorm) and a
+  (BERT's ``cls.predictions.*`` weights, RoBERTa's and MPNet's ``lm_head.*``: :data:`CHECKPOINT_HEADS`;
+  or the ``mlm_head.safetensors`` `plmtune pretrain` writes), and otherwise builds BERT's head, which
+  RoBERTa's and MPNet's match in shape: a transform (dense hidden→hidden, GELU, LayerNorm) and a
   decoder **tied to the word embeddings** with a zero bias. The bundled all-MiniLM-L6-v2 ships no
   MLM head, so for it the transform is new: dense weight = identity, bias 0, LayerNorm weight 1
   and bias 0. Its first predictions are then the similarity of the (normalised) hidden state to
@@ -27,6 +28,16 @@ import torch
 from torch import nn
 
 IGNORE = -100
+
+# How checkpoints name their MLM head's tensors (prefix -> {their name: TiedMLMHead's name}); each of these
+# heads is dense -> GELU -> LayerNorm -> decoder tied to the word embeddings, plus a bias.
+CHECKPOINT_HEADS = {
+    "cls.predictions.": {"transform.dense.weight": "dense.weight", "transform.dense.bias": "dense.bias",
+                         "transform.LayerNorm.weight": "norm.weight", "transform.LayerNorm.bias": "norm.bias",
+                         "bias": "decoder.bias"},  # BERT, MiniLM, ELECTRA's generator
+    "lm_head.": {"dense.weight": "dense.weight", "dense.bias": "dense.bias", "layer_norm.weight": "norm.weight",
+                 "layer_norm.bias": "norm.bias", "bias": "decoder.bias"},  # RoBERTa, XLM-R, MPNet, CamemBERT
+}
 
 
 class TiedMLMHead(nn.Module):
@@ -65,17 +76,15 @@ def mlm_head_for(encoder: nn.Module, backbone_dir: str | None = None) -> nn.Modu
         weights = Path(backbone_dir) / "model.safetensors"
         if weights.is_file():
             with safe_open(str(weights), "pt") as f:
-                keys = [k for k in f.keys() if k.startswith("cls.predictions.")]
-                if keys:
-                    head = TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, config.layer_norm_eps)
-                    names = {"cls.predictions.transform.dense.weight": "dense.weight",
-                             "cls.predictions.transform.dense.bias": "dense.bias",
-                             "cls.predictions.transform.LayerNorm.weight": "norm.weight",
-                             "cls.predictions.transform.LayerNorm.bias": "norm.bias",
-                             "cls.predictions.bias": "decoder.bias"}
-                    head.load_state_dict({ours: f.get_tensor(theirs) for theirs, ours in names.items()
-                                          if theirs in keys}, strict=False)
-                    return head
+                keys = set(f.keys())
+                for prefix, names in CHECKPOINT_HEADS.items():
+                    found = {ours: f.get_tensor(prefix + theirs) for theirs, ours in names.items()
+                             if prefix + theirs in keys}
+                    if found:
+                        head = TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size,
+                                           config.layer_norm_eps)
+                        head.load_state_dict(found, strict=False)  # the decoder weight is the embeddings
+                        return head
     return TiedMLMHead(encoder.get_input_embeddings(), config.hidden_size, getattr(config, "layer_norm_eps", 1e-12))
 
 

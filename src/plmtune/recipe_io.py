@@ -1,7 +1,10 @@
 """Recipe files: find a recipe, read its YAML, resolve ``extends`` and apply ``--set`` overrides.
 
 No validation happens here (see :mod:`plmtune.loading`): these functions work on plain
-mappings, so that any layer may read a shipped recipe without the registries.
+mappings, so that any layer may read a shipped recipe without the registries. The one
+translation done here renames Hugging Face ``TrainingArguments`` names in a ``train:``
+section to plmtune's keys (:data:`TRAIN_ALIASES`), in each file and override on its own, so
+that a child's ``learning_rate`` replaces its parent's ``lr``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,38 @@ import yaml
 from .config import RECIPES_DIR, Recipe
 from .errors import RecipeError, suggest
 from .safe_yaml import YamlProblem, load_yaml
+
+
+# Hugging Face TrainingArguments names accepted in a recipe's train section, renamed to plmtune's
+# key before validation (so `plmtune show` and result.json name plmtune's key). Only names that
+# mean the same are mapped. Names the two share need no alias: bf16, weight_decay, warmup_ratio,
+# max_steps (but HF's "off" is -1, plmtune's is 0) and seed.
+TRAIN_ALIASES = {
+    "learning_rate": "lr",  # the peak AdamW LR after warm-up, then linear decay to 0 (HF's default schedule)
+    "num_train_epochs": "epochs",  # ignored where max_steps > 0 in both; plmtune takes whole epochs only
+    "per_device_train_batch_size": "batch_size",  # plmtune's batch_size is per process too (under torchrun)
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "max_grad_norm": "grad_clip",  # HF clips only where max_grad_norm > 0: 0 turns clipping off in both
+    "metric_for_best_model": "select_metric",  # plmtune's metric names (accuracy, macro_f1, mcc), no 'eval_'
+    "save_steps": "checkpoint_every",  # whole steps only (HF reads a float below 1 as a share of all steps)
+}
+
+
+def canonical_train_keys(section: Any, where: str = "train") -> Any:
+    """A copy of a train section with Hugging Face names (:data:`TRAIN_ALIASES`) renamed to plmtune's.
+
+    Giving a name and its alias in one mapping is an error naming both; anything that is not a
+    mapping is returned as it is (validation reports it).
+    """
+    if not isinstance(section, dict):
+        return section
+    for key in section:
+        canonical = TRAIN_ALIASES.get(key)
+        if canonical is not None and canonical in section:
+            raise RecipeError(f"{where} sets both '{key}' (the Hugging Face name of '{canonical}') and "
+                              f"'{canonical}'; keep one of them.")
+    return {TRAIN_ALIASES.get(key, key): value for key, value in section.items()}
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -55,6 +90,8 @@ def read_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> d
         raise RecipeError(f"Recipe {path} is not UTF-8 text: {err}") from err
     if not isinstance(raw, dict):
         raise RecipeError(f"Recipe {path} must be a YAML mapping at the top level.")
+    if "train" in raw:
+        raw["train"] = canonical_train_keys(raw["train"], f"Recipe {path}: train")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -80,6 +117,8 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
     keys = dotted.strip().split(".")
     if not all(keys):
         raise RecipeError(f"Override '{override}' has an empty key.")
+    if keys[0] == "train" and len(keys) > 1:  # train.learning_rate sets (or deletes) train.lr
+        keys[1] = TRAIN_ALIASES.get(keys[1], keys[1])
     if keys[0] == "extends":
         # extends is resolved when the file is read, before any override; accepting it here would
         # silently do nothing.

@@ -19,7 +19,29 @@ from .recipe_io import recipe_to_yaml
 from .rundir import is_main_process, run_folder, write_json_atomic, write_text_atomic
 from .stages import RunSpec, plan
 
-__all__ = ["run_finetune", "run_recipe", "write_json_atomic"]
+__all__ = ["StageServices", "run_finetune", "run_recipe", "write_json_atomic"]
+
+
+class StageServices:
+    """What a stage may use from the layers above it (``spec.services``): a stage cannot import the recipe
+    loader, this runner or :func:`plmtune.load`, which import the stages (tests/test_import_graph.py).
+    The distillation stage trains a recipe teacher and loads a saved one through these."""
+
+    @staticmethod
+    def load_recipe(name_or_path: str | Path) -> Recipe:
+        from .loading import load_recipe
+
+        return load_recipe(name_or_path)
+
+    @staticmethod
+    def run_recipe(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_recipe(*args, **kwargs)  # looked up when called: a nested run is a run like any other
+
+    @staticmethod
+    def load_model(path: str | Path) -> Any:
+        from .classifier import load
+
+        return load(path)
 
 
 def run_recipe(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int | None = None,
@@ -32,11 +54,24 @@ def run_recipe(recipe: Recipe, task_dir: str | Path, out: str | Path, seed: int 
     with `overwrite`, a folder holding a finished run may be re-run (see :func:`plmtune.rundir.run_folder`:
     the old outputs are replaced only once the new run has succeeded).
     """
+    import os
+
+    if not isinstance(task_dir, (str, os.PathLike)):
+        raise RecipeError(f"run_recipe takes a task folder, not a {type(task_dir).__name__}; for in-memory data "
+                          "(a datasets.Dataset, a DataFrame, a list of dicts) use plmtune.train(recipe, train=..., "
+                          "dev=..., test=...).")
     pre, (stage, config) = plan(recipe)
+    if save_model:  # before any training: a model that could not be shipped is refused now, not after the run
+        from .saved import outside_files
+        from .techniques import build_techniques
+
+        problem = outside_files(build_techniques(recipe))
+        if problem:
+            raise RecipeError(f"--save-model: the model could not be saved, because {problem}.")
     if save_model and not stage.saves_model:
         raise RecipeError(f"--save-model is not available for recipes with a {stage.name} stage yet.")
     spec = RunSpec(recipe, Path(task_dir), Path(out), recipe.train.seed if seed is None else seed, progress,
-                   resume, save_model)
+                   resume, save_model, StageServices())
     main_process = is_main_process()  # under torchrun only the first process writes the folder's files
     if not main_process:
         return _run_stages(spec, pre, stage, config)

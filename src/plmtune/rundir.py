@@ -7,16 +7,20 @@ a folder holding a ``result.json`` always holds a finished run and no reader see
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import PlmtuneError
+from .errors import PlmtuneError, RecipeError, suggest
+
+logger = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:
@@ -60,9 +64,10 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 MARKER = ".plmtune-run"  # written into every run folder: plmtune may replace its outputs there
 ASIDE = ".previous"  # a re-run keeps the previous outputs here until it has succeeded
+TRACKING = "tracking"  # the experiment trackers' files (train.report_to): OUT/tracking/plmtune/ for tensorboard
 # The outputs a run replaces. Stage state folders come on top; pretrain/ is not listed: it is a
 # cache the pretrain stage reuses when its fingerprint matches.
-OUTPUTS = ("result.json", "metrics.jsonl", "recipe.yaml", "checkpoint", "model")
+OUTPUTS = ("result.json", "metrics.jsonl", "recipe.yaml", "checkpoint", "model", TRACKING)
 # Files that do not make a folder "someone else's": the bench's record of a run and the lock.
 _NEUTRAL = {MARKER, ASIDE, ".plmtune.lock", "bench.json", ".write-test"}
 
@@ -125,7 +130,7 @@ def run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
     lock = FolderLock(out, "run").acquire()
     try:
         (out / MARKER).write_text("plmtune run folder: plmtune may replace result.json, metrics.jsonl, "
-                                  "recipe.yaml, checkpoint/ and model/ here.\n", encoding="utf-8")
+                                  "recipe.yaml, checkpoint/, model/ and tracking/ here.\n", encoding="utf-8")
         if (out / "result.json").is_file() and not overwrite:
             raise PlmtuneError(
                 f"{out} already holds a finished run (result.json). Pass --overwrite to replace it (the old "
@@ -191,22 +196,178 @@ def prepare_out_dir(out: Path, resume: bool = False, stage_dirs: tuple[str, ...]
         (out / name).mkdir(exist_ok=True)
 
 
-class MetricLog:
-    """Appends one JSON object per line to metrics.jsonl (every step and every evaluation)."""
+# --------------------------------------------------------------------------- experiment trackers
 
-    def __init__(self, path: str | Path | None):
+TRACKER_PROJECT = "plmtune"  # the project every run logs to (wandb, mlflow, comet); tensorboard: OUT/tracking/plmtune/
+_NOT_TRACKED = {"type", "split", "step", "epoch", "time", "n"}  # record fields that are not metrics
+
+
+def tracker_names() -> tuple[str, ...]:
+    """The tracker names ``train.report_to`` accepts: those Accelerate knows (its LOGGER_TYPE_TO_CLASS,
+    trackers registered with ``register_tracker_class`` included), and 'all' (every one installed)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return ("all", *LOGGER_TYPE_TO_CLASS)
+
+
+def check_trackers(names: str | Iterable[str], where: str = "train.report_to") -> tuple[str, ...]:
+    """`names` as a tuple without repeats; RecipeError (with the nearest name) for one Accelerate does not know."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if names:
+        known = tracker_names()
+        for i, name in enumerate(names):
+            if name not in known:
+                raise RecipeError(f"{where}[{i}] = {name!r} is not an experiment tracker Accelerate knows."
+                                  f"{suggest(str(name), known)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _tracker_installed(name: str) -> bool:
+    # Accelerate's own test (is_tensorboard_available, ...), made at call time; custom trackers have none.
+    from accelerate.utils import imports
+
+    available = getattr(imports, f"is_{name}_available", None)
+    return available is None or bool(available())
+
+
+def check_tracker_packages(names: Iterable[str], where: str = "train.report_to") -> None:
+    """RecipeError where a named tracker's Python package is not installed ('all': where none is)."""
+    for i, name in enumerate(names):
+        if name == "all":
+            if not any(_tracker_installed(n) for n in tracker_names()[1:]):
+                raise RecipeError(f"{where}[{i}] = 'all' logs to every experiment tracker that is installed, "
+                                  "and none is. Install one (e.g. 'pip install tensorboard') or remove 'all'.")
+        elif not _tracker_installed(name):
+            raise RecipeError(f"{where}[{i}]: the tracker '{name}' needs the Python package '{name}', which is "
+                              f"not installed. Install it with 'pip install {name}', or remove '{name}' from {where}.")
+
+
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested recipe mapping as the flat hyper-parameters trackers take: {'train.lr': 5e-05,
+    'techniques.0.name': 'llrd', ...} (the --set paths); a list of plain values becomes its JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) or (isinstance(value, (list, tuple))
+                                       and any(isinstance(v, (dict, list, tuple)) for v in value)):
+            out.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(list(value))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def start_trackers(names: Iterable[str], logging_dir: Path, config: dict[str, Any],
+                   purge_step: int | None = None) -> list[Any]:
+    """Start Accelerate's tracker classes for `names` as ``Accelerator.init_trackers`` does, each with
+    `config` as its hyper-parameters. `purge_step` (a resumed run): TensorBoard drops what the
+    interrupted run logged from that step on, as the resumed run logs it again."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, filter_trackers
+
+    logging_dir.mkdir(parents=True, exist_ok=True)
+    init_kwargs = {"tensorboard": {"purge_step": purge_step}} if purge_step else {}
+    trackers: list[Any] = []
+    try:
+        for kind in filter_trackers(list(names), str(logging_dir)):
+            cls = LOGGER_TYPE_TO_CLASS[str(kind)]
+            args = (TRACKER_PROJECT, str(logging_dir)) if cls.requires_logging_directory else (TRACKER_PROJECT,)
+            tracker = cls(*args, **init_kwargs.get(str(kind), {}))
+            tracker.start()
+            trackers.append(tracker)
+            tracker.store_init_configuration(config)
+    except BaseException:
+        finish_trackers(trackers)
+        raise
+    return trackers
+
+
+def finish_trackers(trackers: list[Any]) -> None:
+    for tracker in trackers:
+        try:
+            tracker.finish()
+        except Exception as err:  # noqa: BLE001  (the records are logged; this must not hide the run's end)
+            logger.warning("the %s tracker did not finish cleanly: %s", getattr(tracker, "name", tracker), err)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill ends the log
+            return
+
+
+class MetricLog:
+    """Appends one JSON object per line to metrics.jsonl (every step and every evaluation), each with
+    ``time`` (UNIX seconds, to the ms), and hands the same records to the experiment trackers named
+    by the recipe's ``train.report_to``.
+
+    The trackers are Accelerate's tracker classes, started at the first record with the resolved
+    recipe (flattened: ``train.lr``, ``techniques.0.name``) and the seed as hyper-parameters, and
+    finished by :meth:`close`. They get a train record's loss, lr and grad_norm as ``train/loss``,
+    ``train/lr``, ``train/grad_norm`` and an evaluation's metrics as ``<split>/<metric>``
+    (``dev/accuracy``), at a run-wide step: a fit that starts again at step 1 (a self-training
+    student, a self-distillation round) continues after the previous fit's last step, so the x-axis
+    never goes back; metrics.jsonl keeps each fit's own step. A resumed run replays the records
+    already in the file to continue that step. Trackers that keep files write them in OUT/tracking/.
+    """
+
+    def __init__(self, path: str | Path | None, recipe: Any = None, seed: int | None = None):
         self.path = Path(path) if path else None
         self.enabled = True  # only the main process of a distributed run writes
         self.file = None
         self.tags: dict[str, Any] = {}  # added to every record (multi-stage runs tag stage and iteration)
+        train = getattr(recipe, "train", None)
+        self.report_to: tuple[str, ...] = tuple(getattr(train, "report_to", ())) if self.path is not None else ()
+        check_tracker_packages(self.report_to)  # now, not at the first step
+        self.config = {**flat_config(recipe.to_dict()), **({} if seed is None else {"seed": seed})} \
+            if self.report_to else {}
+        self.trackers: list[Any] = []
+        self._offset = self._fit_steps = self._last_train = 0  # see _tracked_step
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None and self.enabled and self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._open()
         if self.file:
-            self.file.write(json.dumps({**self.tags, **record}) + "\n")
+            self.file.write(json.dumps({**self.tags, **record, "time": round(time.time(), 3)}) + "\n")
             self.file.flush()
+            if self.trackers:
+                step = self._tracked_step(record)
+                prefix = record.get("split") or record.get("type", "log")
+                values = {f"{prefix}/{k}": v for k, v in record.items()
+                          if k not in _NOT_TRACKED and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                for tracker in self.trackers if values else ():
+                    tracker.log(values, step=step)
+
+    def _open(self) -> None:
+        resumed = False
+        if self.report_to and self.path.is_file():  # a resumed run: continue the run-wide step of the kept records
+            for record in _records(self.path):
+                self._tracked_step(record)
+                resumed = True
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if self.report_to:
+            self.trackers = start_trackers(self.report_to, self.path.parent / TRACKING, self.config,
+                                           self._offset + self._fit_steps + 1 if resumed else None)
+
+    def _tracked_step(self, record: dict[str, Any]) -> int:
+        """The run-wide step of `record`: a train record whose step does not pass the previous one's
+        starts a new fit, which continues after the last step of the fit before it."""
+        step = int(record.get("step") or 0)
+        if record.get("type") == "train":
+            if step <= self._last_train:
+                self._offset, self._fit_steps = self._offset + self._fit_steps, 0
+            self._last_train = step
+        self._fit_steps = max(self._fit_steps, step)
+        return self._offset + step
 
     def close(self) -> None:
+        trackers, self.trackers = self.trackers, []
+        finish_trackers(trackers)
         if self.file:
             self.file.close()

@@ -23,6 +23,7 @@ adjust_loss            change the loss after the forward pass; chained in recipe
 on_fit_start ...       events: on_fit_start, on_step_end, on_epoch_end, on_evaluate_start,
                        on_evaluate_end (around each dev evaluation and checkpoint pick), on_fit_end
 state_dict             technique state saved in checkpoints (load_state_dict restores it)
+export_model           the trained model as it is saved (LoRA merges its low-rank updates)
 =====================  ======================================================================
 
 **Lifecycle.** A run has one :class:`TrainContext`: the recipe, the seed, the tokenizer, the
@@ -46,7 +47,13 @@ needs plain cross-entropy reads ``outputs["per_example_loss"]``, not ``loss``.
 **Declarations.** ``batch_fields`` names the per-row fields a technique adds in
 ``prepare_data`` that must reach the batch (``{"features": "float32"}``): the data core carries
 exactly the declared fields and names none itself. ``requires`` names the modules a technique
-imports lazily (``("peft",)``); ``plmtune validate`` checks they are importable. ``report()``
+imports lazily (``("peft",)``); ``plmtune validate`` checks they are importable. ``inference``
+says that the technique's ``prepare_model`` builds structure the trained model needs to predict
+(adapters, the prompt's MLM head) and its ``prepare_data`` changes every split, not only train
+(the prompt's template): a saved model is rebuilt through them and new text goes through them
+(:mod:`plmtune.saved`); a technique that only changes training (EDA, noise, LLRD) leaves it False.
+``check_backbone(encoder)`` refuses an architecture the technique cannot work on (layer
+paths, module names), before any weights load. ``report()``
 returns diagnostics for result.json, where they appear under ``techniques.<name>`` (so do the
 ``ctx.extras`` entries a technique writes while the model and data are prepared).
 """
@@ -76,6 +83,7 @@ HOOKS = (
     "on_fit_end",
     "state_dict",
     "load_state_dict",
+    "export_model",
 )
 
 # Hooks whose results cannot be combined: two providers in one recipe are rejected.
@@ -148,6 +156,8 @@ class Technique:
     search_space: dict[str, tuple] = {}  # config field -> (low, high[, "log"]) for `plmtune tune`
     batch_fields: dict[str, str] = {}  # per-row field -> torch dtype name, carried into the batch
     requires: tuple[str, ...] = ()  # modules imported lazily; `plmtune validate` checks them
+    inference: bool = False  # its prepare_model/prepare_data are part of the saved model (see above)
+    files: tuple[str, ...] = ()  # config fields that name files it reads (a saved model must not depend on them)
 
     def __init__(self, config: Any):
         self.config = config
@@ -192,9 +202,18 @@ class Technique:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def export_model(self, model: torch.nn.Module, ctx: TrainContext) -> torch.nn.Module:
+        """The trained `model` as it is saved (called on a copy; LoRA merges its updates into the weights)."""
+        return model
+
     def report(self) -> dict[str, Any]:
         """Diagnostics for result.json (under ``techniques.<name>``); not a hook: read once, after the run."""
         return {}
+
+    def check_backbone(self, encoder: torch.nn.Module) -> None:
+        """Raise RecipeError where this technique cannot work on the backbone's architecture. Not a hook:
+        ``plmtune validate`` and ``run`` call it before any weights load, on a weightless skeleton of the
+        backbone built from its config.json (a bare encoder, as ``AutoModel`` builds it)."""
 
     @classmethod
     def overridden_hooks(cls) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, shared_dataset
+from shared_data import REPO, shared_dataset
 from plmtune.bench.report import paired
 from plmtune.bench.suite import load_suite, run_key
 from plmtune.errors import RecipeError

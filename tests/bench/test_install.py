@@ -21,7 +21,7 @@ import sysconfig
 
 import pytest
 
-from conftest import REPO, shared_dataset
+from shared_data import REPO, shared_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -36,7 +36,7 @@ def test_a_symlink_planted_in_the_bench_folder_cannot_redirect_writes(tmp_path):
 
 def test_run_suite_checks_every_folder_even_for_a_suite_built_without_load_suite(tmp_path):
     # Defence in depth: a Suite made in code (not read from a file) with a climbing method name.
-    from conftest import shared_dataset
+    from shared_data import shared_dataset
     from plmtune.bench.runner import run_suite
     from plmtune.bench.suite import Method, Suite
 

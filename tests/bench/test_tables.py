@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from conftest import REPO
+from shared_data import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _tables import mean_std, paired_delta, runs_by_method  # noqa: E402

@@ -55,7 +55,9 @@ def _fit(toy_task, tokenizer, folder, techniques, resume=False, crash_at=None, s
         return None
     finally:
         log.close()
-    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    # every field but the wall-clock time of writing
+    records = [{k: v for k, v in json.loads(x).items() if k != "time"}
+               for x in (folder / "metrics.jsonl").read_text().splitlines()]
     return result, records, model.classifier.weight.detach().clone()
 
 

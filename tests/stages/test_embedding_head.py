@@ -91,13 +91,22 @@ def test_the_stage_self_trains_reports_both_priors_and_saves_what_it_tested(
     assert result["test"]["accuracy"] == pytest.approx(notes["test_with_prior"]["accuracy"])
     assert sum(notes["pool_prior"]) == pytest.approx(1.0)
     assert result["steps"] > 0
-    # The saved model, reloaded by plain transformers in a fresh process, gives the tested predictions.
+    # The saved model, reloaded in a fresh process, gives the tested predictions: by plmtune.load, and by
+    # plain transformers (its encoder in encoder/, mean pooling, the head tensors); the top folder is refused
+    # as a transformers classifier (mean pooling has no transformers head) instead of getting a random head.
     script = """
 import json, sys, torch
+import plmtune
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 folder = sys.argv[1]
-tok, enc = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+try:
+    AutoModelForSequenceClassification.from_pretrained(folder)
+    raise SystemExit("transformers built a classifier from a model it cannot express")
+except (OSError, ValueError):
+    pass
+clf_metrics = plmtune.load(folder).evaluate(sys.argv[2])
+tok, enc = AutoTokenizer.from_pretrained(folder + "/encoder"), AutoModel.from_pretrained(folder + "/encoder").eval()
 head = load_file(folder + "/head.safetensors")
 rows = [json.loads(l) for l in open(sys.argv[2])]
 preds = []
@@ -108,12 +117,12 @@ with torch.no_grad():
         pooled = (h * e["attention_mask"][..., None]).sum(1) / e["attention_mask"].sum()
         preds.append(int((pooled @ head["classifier.weight"].T + head["classifier.bias"]).argmax()))
 labels = [r["label"] for r in rows]
-print(json.dumps(sum(p == y for p, y in zip(preds, labels)) / len(rows)))
+print(json.dumps([sum(p == y for p, y in zip(preds, labels)) / len(rows), clf_metrics["accuracy"]]))
 """
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run" / "model"), str(task / "test.jsonl")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == pytest.approx(result["test"]["accuracy"])
+    assert json.loads(proc.stdout) == pytest.approx([result["test"]["accuracy"]] * 2)
 
 
 def test_a_frozen_body_trains_no_step_and_prior_none_reports_the_uncorrected_head(

@@ -84,15 +84,16 @@ def test_mixout_draws_towards_the_pretrained_weight_in_training():
 
 def test_a_mixout_trained_model_saved_with_save_model_loads_back_with_identical_logits(
         toy_task, tmp_path, tiny_backbone, monkeypatch):
-    """Through `plmtune run --save-model`'s own path: run_finetune, then SequenceClassifier.save."""
+    """Through `plmtune run --save-model`'s own path: run_finetune, then Prepared.save (plmtune.saved)."""
     from safetensors.torch import load_file
 
+    from plmtune.assemble import Prepared
     from plmtune.run import run_finetune
 
     tiny_backbone()
     trained = []
-    save = SequenceClassifier.save
-    monkeypatch.setattr(SequenceClassifier, "save", lambda self, *a, **k: (trained.append(self), save(self, *a, **k)))
+    save = Prepared.save
+    monkeypatch.setattr(Prepared, "save", lambda self, model, *a: (trained.append(model), save(self, model, *a))[1])
     recipe = load_recipe("mixout", ["train.max_steps=4", "train.epochs=1", "train.lr=1e-2", "techniques.0.p=0.5"])
     run_finetune(recipe, toy_task, tmp_path / "run", seed=1, save_model=True)
     (model,) = trained

@@ -11,6 +11,15 @@
   the same backbone: contrastive fine-tuning of the sentence encoder, then a logistic-regression
   head. Pair tasks join the two texts with " [SEP] ". Metrics are computed here from its
   predictions (its own evaluate() would fetch metric code from the hub).
+* ``setfit_distill``: SetFit's own knowledge distillation (``setfit.DistillationTrainer``), the peer
+  of the ``distillation:`` stage: a SetFit teacher on the teacher body (``--teacher-backbone``,
+  MPNet by default) trained as ``setfit``, then a student on the student body (``--backbone``)
+  distilled on the train texts and the same unlabelled rows the stage uses
+  (:func:`plmtune.stages.distillation.distillation_pool`: a seeded sample of 2,048 rows of
+  ``unlabeled.jsonl``, none of them a dev or test text), with the settings of SetFit's
+  distillation guide (batch size 16, 500 steps: without a step limit it would train on every pair
+  of the rows, ~2 million). The student's head is fitted on the teacher's predictions, as SetFit
+  does. result.json adds the teacher's test metrics and the seconds of each part.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from ..data import load_task
 from ..metrics import classification_metrics
 from ..provenance import git_commit, machine, peak_memory, versions
 
-PEERS = ("majority", "linear_probe", "setfit")
+PEERS = ("majority", "linear_probe", "setfit", "setfit_distill")
+DISTILL_STEPS, DISTILL_BATCH, DISTILL_POOL = 500, 16, 2048  # SetFit's distillation guide; the stage's default cap
 
 
 def _texts(rows: list[dict]) -> list[str]:
@@ -102,8 +112,48 @@ def setfit(task, seed: int, backbone: str) -> dict[str, Any]:
     return {"predict": predict, "parameters": {"trainable": total, "total": total}}
 
 
-def run_peer(name: str, task_dir: str | Path, seed: int, backbone: str = "minilm") -> dict[str, Any]:
-    """Train and evaluate a peer baseline; return a result dict shaped like `plmtune run`'s."""
+def setfit_distill(task, seed: int, backbone: str, teacher_backbone: str = "mpnet") -> dict[str, Any]:
+    from datasets import Dataset
+    from setfit import DistillationTrainer, SetFitModel, Trainer, TrainingArguments
+
+    from ..models import resolve_backbone
+    from ..stages.distillation import distillation_pool
+
+    train = Dataset.from_dict({"text": _texts(task.splits["train"]), "label": _labels(task.splits["train"]).tolist()})
+    pool, dropped = distillation_pool(task.path, DataConfig(), DISTILL_POOL, seed, task)
+    unlabelled = Dataset.from_dict({"text": _texts(task.splits["train"]) + _texts(pool)})
+    with tempfile.TemporaryDirectory(prefix="plmtune-setfit-") as scratch:
+        start = time.perf_counter()
+        teacher = SetFitModel.from_pretrained(resolve_backbone(teacher_backbone))
+        Trainer(model=teacher, args=TrainingArguments(seed=seed, output_dir=scratch, save_strategy="no"),
+                train_dataset=train).train()
+        teacher_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        student = SetFitModel.from_pretrained(resolve_backbone(backbone))
+        args = TrainingArguments(seed=seed, output_dir=scratch, save_strategy="no", batch_size=DISTILL_BATCH,
+                                 max_steps=DISTILL_STEPS)
+        DistillationTrainer(teacher_model=teacher, student_model=student, args=args, train_dataset=unlabelled).train()
+        student_seconds = time.perf_counter() - start
+    predict = {name: np.asarray(student.predict(_texts(rows), as_numpy=True)) for name, rows in task.splits.items()}
+    teacher_test = None
+    if "test" in task.splits:
+        rows = task.splits["test"]
+        teacher_test = classification_metrics(_labels(rows), np.asarray(teacher.predict(_texts(rows), as_numpy=True)),
+                                              task.num_labels)
+    total = sum(p.numel() for p in student.model_body.parameters())
+    return {"predict": predict, "parameters": {"trainable": total, "total": total},
+            "distillation": {"teacher": {"backbone": teacher_backbone, "test": teacher_test},
+                             "seconds": {"teacher": round(teacher_seconds, 3), "student": round(student_seconds, 3)},
+                             "rows": {"train": len(task.splits["train"]), "pool": len(pool),
+                                      "pool_dropped_as_dev_or_test": dropped},
+                             "steps": DISTILL_STEPS, "batch_size": DISTILL_BATCH}}
+
+
+def run_peer(name: str, task_dir: str | Path, seed: int, backbone: str = "minilm",
+             teacher_backbone: str = "mpnet") -> dict[str, Any]:
+    """Train and evaluate a peer baseline; return a result dict shaped like `plmtune run`'s.
+
+    `teacher_backbone` is setfit_distill's teacher body (the other peers have no teacher)."""
     import random
 
     import torch
@@ -113,15 +163,22 @@ def run_peer(name: str, task_dir: str | Path, seed: int, backbone: str = "minilm
     torch.manual_seed(seed)
     task = load_task(task_dir, DataConfig(), need=("train",))
     start = time.perf_counter()
-    out = {"majority": majority, "linear_probe": linear_probe, "setfit": setfit}[name](task, seed, backbone)
+    peers = {"majority": majority, "linear_probe": linear_probe, "setfit": setfit,
+             "setfit_distill": lambda *a: setfit_distill(*a, teacher_backbone=teacher_backbone)}
+    out = peers[name](task, seed, backbone)
     seconds = time.perf_counter() - start
     metrics = {split: classification_metrics(_labels(rows), out["predict"][split], task.num_labels)
                for split, rows in task.splits.items() if split in ("dev", "test")}
+    recipe = {"name": name, "peer": name, "backbone": backbone}
+    if "chosen" in out:
+        recipe["chosen"] = out["chosen"]
+    if name == "setfit_distill":
+        recipe["teacher_backbone"] = teacher_backbone
     return {
         "status": "ok", "peer": name, "task": task.name, "task_dir": str(Path(task_dir).resolve()),
-        "num_labels": task.num_labels, "seed": seed, "recipe": {"name": name, "peer": name, "backbone": backbone,
-                                                                 **({"chosen": out["chosen"]} if "chosen" in out else {})},
+        "num_labels": task.num_labels, "seed": seed, "recipe": recipe,
         "test": metrics.get("test"), "dev": metrics.get("dev"), "train_seconds": round(seconds, 3),
         "eval_seconds": 0.0, "parameters": out["parameters"], "peak_memory": peak_memory(),
         "versions": versions(), "machine": machine(), "git": git_commit(),
+        **({"distillation": out["distillation"]} if "distillation" in out else {}),
     }

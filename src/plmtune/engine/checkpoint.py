@@ -43,7 +43,7 @@ FORMAT, VERSION = "plmtune-tree", "1"
 # Recipe fields that may change between a run and its resume without changing what it trains:
 # wording, how often checkpoints are written, and train.seed (the seed actually used is recorded
 # on its own, and --seed overrides train.seed).
-RESUMABLE_CHANGES = ("name", "description", "train.checkpoint_every", "train.seed")
+RESUMABLE_CHANGES = ("name", "description", "train.checkpoint_every", "train.seed", "train.report_to")
 
 
 class CheckpointError(PlmtuneError):

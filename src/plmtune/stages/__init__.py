@@ -1,4 +1,4 @@
-"""Stages: fine-tuning, self-training, self-distillation and further pre-training, one module each.
+"""Stages: fine-tuning, self-training, self-distillation, distillation and further pre-training, one module each.
 
 Importing a module registers its stage; add one import line per stage. :func:`plan` says what a
 recipe runs: its ``pre`` stages in order, then exactly one training stage.
@@ -10,7 +10,8 @@ from typing import Any
 
 from ..config import Recipe
 from .base import PreResult, RunSpec, Stage, register_stage, registered_stages
-from . import embedding_head, finetune, pretrain, self_distillation, self_training  # noqa: F401,E402  (registers them)
+from . import distillation, embedding_head, finetune, pretrain  # noqa: F401,E402  (registers them)
+from . import self_distillation, self_training  # noqa: F401,E402
 
 __all__ = ["PreResult", "RunSpec", "Stage", "plan", "register_stage", "registry"]
 

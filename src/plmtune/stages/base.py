@@ -43,6 +43,9 @@ class RunSpec:
     progress: bool = False
     resume: bool = False
     save_model: bool = False
+    # What a stage may use from the layers above it, which it cannot import (they import the stages):
+    # recipes by name, nested runs, saved models. plmtune.run.run_recipe passes plmtune.run.StageServices.
+    services: Any = None
 
 
 @dataclass

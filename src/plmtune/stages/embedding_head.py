@@ -200,7 +200,7 @@ class EmbeddingHead(Stage):
         start = time.perf_counter()
         prepared = prepare(recipe, task, seed, splits)
         params = prepared.parameters()
-        log = MetricLog(out / "metrics.jsonl" if is_main_process() else None)
+        log = MetricLog(out / "metrics.jsonl" if is_main_process() else None, recipe, seed)
         try:
             log.tags = {"stage": "body"}
             fitted = prepared.fit(log, dev=None, progress=spec.progress) if cfg.train_body else prepared.unfitted()
@@ -218,11 +218,11 @@ class EmbeddingHead(Stage):
                     log.write({"type": "eval", "split": split, "step": fitted.steps, **metrics})
         finally:
             log.close()
-        if spec.save_model and fitted.accelerator.is_main_process:
-            model.save(out / "model", prepared.ctx.tokenizer)
         details = {"train_seconds": round(time.perf_counter() - start, 3), "steps": fitted.steps,
                    "techniques": prepared.technique_reports(fitted) if cfg.train_body else {},
                    "embedding_head": notes}
+        if spec.save_model and fitted.accelerator.is_main_process:
+            details["model"] = prepared.save(model, out / "model")
         return RunRecord.for_task(task, spec.task_dir, seed=seed, recipe=recipe.to_dict(), test=test, dev=dev,
                                   parameters=params, sizes=prepared.sizes(), details=details)
 

@@ -30,7 +30,7 @@ class FineTune(Stage):
         prepared = prepare(recipe, task, spec.seed)
         params = prepared.parameters()  # before training: gradual unfreezing changes what trains
         main_process = is_main_process()
-        log = MetricLog(out / "metrics.jsonl" if main_process else None)
+        log = MetricLog(out / "metrics.jsonl" if main_process else None, recipe, spec.seed)
         try:
             fitted = prepared.fit(log, progress=spec.progress, checkpoint_dir=out / "checkpoint", resume=spec.resume)
             start = time.perf_counter()
@@ -40,12 +40,15 @@ class FineTune(Stage):
                 log.write({"type": "eval", "split": "test", "step": fitted.steps, **test})
         finally:
             log.close()
+        saved = None
         if spec.save_model and fitted.accelerator.is_main_process:
-            fitted.bare_model().save(out / "model", prepared.ctx.tokenizer)
+            saved = prepared.save(fitted.bare_model(), out / "model")
         details = {"dev_history": fitted.dev_history, "best_epoch": fitted.best_epoch, "steps": fitted.steps,
                    "epochs_run": fitted.epochs_run, "stopped_early": fitted.stopped_early,
                    "train_seconds": round(fitted.train_seconds, 3), "eval_seconds": round(eval_seconds, 3),
                    "techniques": prepared.technique_reports(fitted)}
+        if saved:
+            details["model"] = saved
         return RunRecord.for_task(task, spec.task_dir, seed=spec.seed, recipe=recipe.to_dict(), test=test,
                                   dev=fitted.best_dev, parameters=params, sizes=prepared.sizes(),
                                   details=details)

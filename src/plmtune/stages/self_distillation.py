@@ -61,6 +61,7 @@ class SoftTargetLoss(Technique):
 
 @register_stage("self_distillation", SelfDistillationConfig)
 class SelfDistillation(Stage):
+    saves_model = True
     state_dirs = ("self_distillation",)
     summary = "fine-tune, then fine-tune fresh models on the previous one's soft labels"
 
@@ -70,10 +71,15 @@ class SelfDistillation(Stage):
         main_process, state_file = is_main_process(), out / "self_distillation" / STATE_FILE
         # A finished round leaves its metrics and the soft labels for the next one: all a resume needs.
         saved = load_tree(state_file) if spec.resume and state_file.is_file() else None
+        if saved and spec.save_model and len(saved["rounds"]) == cfg.rounds + 1:
+            # Finished before the interruption, but the state keeps no model: run the last round again
+            # (its soft labels are the saved ones, so it trains the same model).
+            saved["rounds"] = saved["rounds"][:-1]
         if saved and main_process:
             keep_log_records(out / "metrics.jsonl", lambda record: record.get("round", 0) < len(saved["rounds"]))
-        log = MetricLog(out / "metrics.jsonl" if main_process else None)
+        log = MetricLog(out / "metrics.jsonl" if main_process else None, recipe, seed)
         rounds, soft = (saved["rounds"], saved["soft"]) if saved else ([], None)
+        model_notes = None
         params, sizes = (saved["params"], saved["sizes"]) if saved else (None, None)
         start = time.perf_counter() - (saved["seconds"] if saved else 0.0)
         reports: dict = {}
@@ -96,6 +102,8 @@ class SelfDistillation(Stage):
                     soft = sharpen(prepared.probs(fitted, prepared.encoded["train"]), cfg.temperature)
                 params, sizes = prepared.parameters(), prepared.sizes()
                 reports = prepared.technique_reports(fitted)
+                if round_ == cfg.rounds and spec.save_model and main_process:  # the model tested last
+                    model_notes = prepared.save(fitted.bare_model(), out / "model")
                 if main_process:
                     save_tree(state_file, {"rounds": rounds, "soft": soft, "params": params, "sizes": sizes,
                                            "seconds": time.perf_counter() - start})
@@ -105,5 +113,7 @@ class SelfDistillation(Stage):
         last = rounds[-1]
         details = {"train_seconds": round(time.perf_counter() - start, 3), "techniques": reports,
                    "self_distillation": {"rounds": rounds}}
+        if model_notes:
+            details["model"] = model_notes
         return RunRecord.for_task(task, spec.task_dir, seed=seed, recipe=recipe.to_dict(), test=last["test"],
                                   dev=last["dev"], parameters=params, sizes=sizes, details=details)

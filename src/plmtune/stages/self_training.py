@@ -186,6 +186,7 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 @register_stage("self_training", SelfTrainingConfig)
 class SelfTraining(Stage):
+    saves_model = True
     state_dirs = ("self_training",)
     summary = "LiST: teacher -> pseudo-labelled unlabelled pool -> re-weighted student, repeated"
 
@@ -201,7 +202,7 @@ class SelfTraining(Stage):
         # One loader for every labelled fit: its shuffling continues from fit to fit.
         labelled = prepared.train_loader()
         saved = load_tree(state_file) if spec.resume and state_file.is_file() else None
-        log = MetricLog(out / "metrics.jsonl" if main_process else None)
+        log = MetricLog(out / "metrics.jsonl" if main_process else None, recipe, seed)
         if saved and main_process:
             # keep the metrics of finished iterations only (an interrupted one is run again)
             keep_log_records(out / "metrics.jsonl", lambda record: record.get("iteration", 0) <= saved["iteration"])
@@ -266,6 +267,8 @@ class SelfTraining(Stage):
                    "techniques": prepared.technique_reports(*fits),
                    "self_training": {"iterations": history, "selected_iteration": chosen["iteration"],
                                      "memory": memory, "unlabeled_used": len(pool)}}
+        if spec.save_model and main_process:  # the selected iteration's model, as tested
+            details["model"] = prepared.save(model, out / "model")
         return RunRecord.for_task(task, task_dir, seed=seed, recipe=recipe.to_dict(), test=chosen["test"],
                                   dev=chosen["dev"], parameters=prepared.parameters(), sizes=prepared.sizes(),
                                   details=details)

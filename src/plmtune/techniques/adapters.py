@@ -2,8 +2,8 @@
 
 An adapter maps h to h + W_up·f(W_down·h): down-projection to `size`, a non-linearity, an
 up-projection back, and a residual. W_up starts at zero, so at initialisation every adapter is
-the identity and the model computes exactly what the pretrained one does. Places (per layer,
-BERT-style encoders):
+the identity and the model computes exactly what the pretrained one does. Places (per layer;
+the modules are BERT's, which RoBERTa, MiniLM and ELECTRA share, and MPNet's equivalents):
 
 * ``attention``: after the attention output projection, before its residual + LayerNorm
   (Houlsby's first position);
@@ -35,9 +35,14 @@ from torch import nn
 from ..config import check_choice, check_range
 from ..errors import RecipeError
 from ..technique import Technique, TrainContext, register
-from ._select import backbone
+from ._select import backbone, encoder_layers
 
 PLACES = ("embedding", "attention", "ffn", "layer")
+# Inside one transformer layer, the module whose output a place transforms: the dropout after the
+# attention output projection / after the feed-forward output projection (each before its residual +
+# LayerNorm), by BERT's names; architectures naming them otherwise are listed by model_type.
+LAYER_POINTS = {"attention": "attention.output.dropout", "ffn": "output.dropout", "layer": ""}
+LAYER_POINTS_BY_TYPE = {"mpnet": {"attention": "attention.dropout"}}  # MPNetAttention: LayerNorm(dropout(o(.)) + x)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -92,31 +97,45 @@ def _apply(adapter: nn.Module):
 
 
 def attachment_points(encoder: nn.Module, places: list[str]) -> dict[str, nn.Module]:
-    """{adapter name: module whose output it transforms} for a BERT-style encoder."""
-    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if layers is None or not hasattr(encoder, "embeddings"):
-        raise RecipeError(f"adapters: {type(encoder).__name__} is not a BERT-style encoder (no embeddings "
-                          "and encoder.layer); adapters support BERT, RoBERTa, MiniLM and the like.")
+    """{adapter name: module whose output it transforms} in `encoder` (see LAYER_POINTS)."""
+    kind = getattr(encoder.config, "model_type", None)
+    paths = {**LAYER_POINTS, **LAYER_POINTS_BY_TYPE.get(kind, {})}
+
+    def refuse(what: str) -> RecipeError:
+        return RecipeError(f"adapters: backbone type '{kind}' ({type(encoder).__name__}) has {what}, so adapters "
+                           f"cannot go at places {list(places)}; they know the layers of BERT, RoBERTa, MiniLM, "
+                           "ELECTRA and MPNet. Use adapters.places: [layer] (each layer's output, any "
+                           "architecture) or another backbone.")
+
+    try:
+        layers = encoder_layers(encoder)
+    except ValueError:
+        raise refuse("no list of transformer layers") from None
     points: dict[str, nn.Module] = {}
     if "embedding" in places:
+        if not isinstance(getattr(encoder, "embeddings", None), nn.Module):
+            raise refuse("no 'embeddings' module")
         points["embedding"] = encoder.embeddings
     for i, layer in enumerate(layers):
-        if "attention" in places:
-            points[f"attention_{i}"] = layer.attention.output.dropout
-        if "ffn" in places:
-            points[f"ffn_{i}"] = layer.output.dropout
-        if "layer" in places:
-            points[f"layer_{i}"] = layer
+        for place in (p for p in PLACES if p in places and p != "embedding"):
+            try:
+                points[f"{place}_{i}"] = layer.get_submodule(paths[place])
+            except AttributeError:
+                raise refuse(f"no module '{paths[place]}' in its layers (the '{place}' place)") from None
     return points
 
 
 @register("adapters", AdaptersConfig)
 class Adapters(Technique):
+    inference = True  # the saved model keeps its adapters
     conflicts_with = {
         "lora": "both freeze the encoder and add their own parameters; use one parameter-efficient method",
         "gradual_unfreeze": "adapters keep the encoder frozen for the whole run",
         "reinit": "re-initialised layers would stay frozen at their random values",
     }
+
+    def check_backbone(self, encoder: nn.Module) -> None:
+        attachment_points(encoder, list(self.config.places))
 
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         cfg = self.config

@@ -10,8 +10,8 @@ Fine-tuning", EMNLP 2021 (reference code: alibaba/AliceMind, ChildTuning).
   data (the batch-averaged loss, as in the reference code; ``per_example: true`` for the exact
   per-example Fisher). The top-p fraction of the encoder layers' entries under one global
   threshold is kept; the mask is fixed for the run and the rest never update. Scope: parameters
-  inside encoder layers (the reference code's ``'layer' in name``); embeddings and the head
-  train normally.
+  inside encoder layers (the reference code's ``'layer' in name``; here ``layer.N.`` and the
+  like, see ``_select``); embeddings and the head train normally.
 
 Plug points: ``wrap_optimizer`` (a wrapper around any torch optimiser: AdamW, SGD, ...) and
 ``on_fit_start`` (the Fisher pass), ``state_dict`` (the D mask).
@@ -48,6 +48,7 @@ from torch import nn
 
 from ..config import check_choice, check_range
 from ..technique import Technique, TrainContext, register
+from ._select import check_layers, layer_number
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,10 @@ class ChildTuning(Technique):
 
     # ------------------------------------------------------------------ hooks
 
+    def check_backbone(self, encoder: nn.Module) -> None:
+        if self.config.mode == "D":  # D's scope is the parameters inside the layers; F masks every one
+            check_layers(encoder, "child_tuning (mode D)")
+
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module, ctx: TrainContext):
         self.seed = ctx.seed
         self.clip_to = ctx.recipe.train.grad_clip if self.config.clip_after_mask else 0.0
@@ -239,9 +244,9 @@ def fisher_information(model: nn.Module, loader, accelerator, per_example: bool 
     embedding and head gradients it would throw away are never computed.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    scope = {p: torch.zeros_like(p) for n, p in named if ".layer." in n}
+    scope = {p: torch.zeros_like(p) for n, p in named if layer_number(n) is not None}
     if not scope:
-        raise ValueError("child_tuning D found no parameters inside encoder layers ('.layer.' in the name)")
+        raise ValueError("child_tuning D found no parameters inside encoder layers ('.layer.N.' in the name)")
     was_training = model.training
     outside = [p for _, p in named if p not in scope]
     model.zero_grad(set_to_none=True)  # sum only this pass's gradients

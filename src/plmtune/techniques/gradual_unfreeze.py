@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import check_range
 from ..technique import Technique, TrainContext, register
-from ._select import backbone
+from ._select import backbone, check_layers
 from .llrd import layer_index
 
 
@@ -57,7 +57,11 @@ class GradualUnfreeze(Technique):
         "child_tuning": "frozen layers get no gradients, so ChildTuning-D's Fisher pass would not see them.",
     }
 
+    def check_backbone(self, encoder: nn.Module) -> None:
+        check_layers(encoder, "gradual_unfreeze")
+
     def on_fit_start(self, ctx: TrainContext) -> None:
+        check_layers(backbone(ctx.bare_model())[2], "gradual_unfreeze")
         set_trainable_depth(ctx.bare_model(), 1 + ctx.epoch // self.config.every_epochs)
 
     def on_epoch_end(self, ctx: TrainContext) -> None:

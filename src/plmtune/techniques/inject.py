@@ -134,12 +134,11 @@ class FeatureClassifier(SequenceClassifier):
             pooled = torch.cat([pooled, features.to(pooled.dtype)], dim=-1)
         return {"logits": self.classifier(self.dropout(pooled)), "pooled": pooled}
 
-    def head_config(self) -> dict[str, Any]:
-        return {**super().head_config(), "feature_dim": self.feature_dim, "feature_at": self.feature_at}
-
 
 @register("inject", InjectConfig)
 class Inject(Technique):
+    inference = True  # every input needs its feature vector, at prediction too
+    files = ("embeddings",)  # an id -> vector table read at prediction too: not shipped with a saved model
     batch_fields = {"features": "float32"}
 
     def prepare_data(self, splits: dict[str, list[dict]], ctx: TrainContext) -> dict[str, list[dict]]:

@@ -24,7 +24,6 @@ multiplier, so the ratios hold through warm-up and decay.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -32,9 +31,10 @@ from torch import nn
 from ..config import check_choice, check_range
 from ..engine.optim import is_no_decay
 from ..technique import Technique, TrainContext, register
-from ._select import backbone
+from ._select import backbone, check_layers, layer_number
 
-_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+# Backbone parts that read the top layer's output (a pooler of the HF bridge's models): above the layers.
+ABOVE_LAYERS = ("pooler",)
 
 
 @dataclass(frozen=True)
@@ -54,23 +54,30 @@ class LLRDConfig:
 
 
 def layer_index(name: str, num_layers: int, prefix: str = "encoder.") -> int:
-    """0 for embeddings, 1..L for encoder layers, L+1 for everything above the encoder."""
+    """0 for embeddings, 1..L for encoder layers, L+1 for everything above the encoder.
+
+    Backbone parameters outside the layers that feed every layer (the embeddings, MPNet's shared
+    relative-position bias ``encoder.relative_attention_bias``) are depth 0; a pooler is L+1.
+    """
     if not name.startswith(prefix):
         return num_layers + 1
-    match = _LAYER.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    return 0 if "embeddings" in name else num_layers + 1
+    number = layer_number(name)
+    if number is not None:
+        return number + 1
+    return num_layers + 1 if any(part in ABOVE_LAYERS for part in name.split(".")) else 0
 
 
 @register("llrd", LLRDConfig)
 class LLRD(Technique):
     search_space = {"decay": (0.6, 1.0)}
 
+    def check_backbone(self, encoder: nn.Module) -> None:
+        check_layers(encoder, "llrd")
+
     def param_groups(self, model: nn.Module, ctx: TrainContext) -> list[dict]:
         cfg = ctx.recipe.train
         _, prefix, encoder = backbone(model)
-        num_layers = encoder.config.num_hidden_layers
+        num_layers = check_layers(encoder, "llrd")
         top = num_layers + 1 if self.config.top_layer_lr == "decayed" else num_layers  # the depth at lr
         groups: dict[tuple[int, bool], dict] = {}
         for name, param in model.named_parameters():

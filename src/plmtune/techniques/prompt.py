@@ -12,7 +12,10 @@ cross-entropy over those label-word logits. The classifier head is replaced by t
 * Only the label words' rows of the decoder are computed (a (hidden × classes) product instead
   of (hidden × vocabulary)): the same logits, without the 30k-wide projection.
 * Label words must be single tokens of the tokenizer's vocabulary; a word that splits into
-  pieces is rejected with the pieces shown (LM-BFF also uses single-token words).
+  pieces is rejected with the pieces shown (LM-BFF also uses single-token words). A word is
+  tokenised as it stands after a space, as at the mask of a template: for byte-level BPE
+  vocabularies (RoBERTa) that is ``Ġgreat``, not the word-initial ``great`` (LM-BFF does the same);
+  WordPiece (BERT, MPNet) and SentencePiece vocabularies give the same token either way.
 * Long texts are cut before the template is applied, so the mask slot and the template words
   always survive truncation (the longest text field loses tokens from its end).
 * Built-in templates and words for the shared tasks follow LM-BFF's manual prompts, lower-cased
@@ -88,9 +91,10 @@ def resolve_prompt(config: PromptConfig, task: str, num_labels: int) -> tuple[st
 
 
 def label_word_ids(tokenizer: Any, words: list[str]) -> list[int]:
+    """The vocabulary id of each label word, as it is tokenised after a space (see the module doc)."""
     ids = []
     for word in words:
-        pieces = tokenizer.tokenize(word)
+        pieces = tokenizer.tokenize(" " + word)
         if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == tokenizer.unk_token_id:
             raise RecipeError(f"prompt: label word '{word}' is not one token of the vocabulary (it becomes "
                               f"{pieces}); pick a word that is.")
@@ -149,15 +153,10 @@ class PromptClassifier(nn.Module):
         logits = head.decoder(transformed)[:, self.word_ids]
         return {"logits": logits, "pooled": state}
 
-    def save(self, directory: str | Path, tokenizer: Any = None) -> None:
-        """Save the encoder (loadable as a backbone) and the MLM head (and any adapters) beside it."""
-        from ..models import save_encoder_and_head
-
-        save_encoder_and_head(self, directory, tokenizer, "mlm_head.safetensors")
-
 
 @register("prompt", PromptConfig)
 class Prompt(Technique):
+    inference = True  # new text is rendered into the template; the MLM head is part of the model
     conflicts_with = {
         "inject": "knowledge injection widens the classifier input, and a prompt model has no classifier layer",
         "reinit": "re-initialising top layers destroys what the MLM head reads at the mask",
@@ -166,6 +165,10 @@ class Prompt(Technique):
     def prepare_data(self, splits: dict[str, list[dict]], ctx: TrainContext) -> dict[str, list[dict]]:
         if ctx.tokenizer is None:
             raise RuntimeError("prompt.prepare_data needs the tokenizer in the context")
+        if ctx.tokenizer.mask_token is None:
+            raise RecipeError(f"prompt: the backbone '{ctx.recipe.model.backbone}' has a tokenizer without a mask "
+                              "token, so there is no slot for the MLM head to fill; use a masked-language-model "
+                              "backbone (BERT, RoBERTa, MPNet, ...).")
         template, words = resolve_prompt(self.config, ctx.task_name, ctx.num_labels)
         label_word_ids(ctx.tokenizer, words)  # reject bad words before any work
         limit = ctx.recipe.data.max_length

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..config import check_range
+from ..errors import RecipeError
 from ..technique import Technique, TrainContext, register
-from ._select import backbone
+from ._select import backbone, check_layers, encoder_layers
 
 SEED_OFFSET = 104729
 
@@ -34,14 +35,6 @@ class ReinitConfig:
 
     def __post_init__(self) -> None:
         check_range("reinit.layers", self.layers, 1, 1000)
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer layers of a BERT-like encoder (also under a PEFT wrapper)."""
-    for name, module in model.named_modules():
-        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
-            return module
-    raise ValueError("no transformer layer list ('encoder.layer') found in the model")
 
 
 @torch.no_grad()
@@ -65,6 +58,12 @@ def reinit_top_layers(model: nn.Module, count: int, std: float, seed: int) -> li
 
 @register("reinit", ReinitConfig)
 class Reinit(Technique):
+    def check_backbone(self, encoder: nn.Module) -> None:
+        count = check_layers(encoder, "reinit")
+        if self.config.layers > count:
+            raise RecipeError(f"reinit.layers = {self.config.layers}, but backbone type "
+                              f"'{encoder.config.model_type}' has only {count} layers; re-initialise at most {count}.")
+
     def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         std = getattr(backbone(model)[2].config, "initializer_range", 0.02)
         ctx.extras["reinit_layers"] = reinit_top_layers(model, self.config.layers, std, ctx.seed)
