@@ -74,8 +74,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(toy_task, tm
     assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], rel=1e-3)
     from safetensors.torch import load_file
 
-    wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    def weights(run):  # a mean-pooled model: the encoder in encoder/, the head beside it (plmtune.saved)
+        folder = tmp_path / run / "model"
+        return {**load_file(folder / "encoder" / "model.safetensors"), **load_file(folder / "head.safetensors")}
+
+    wa, wb = weights("one"), weights("two")
+    assert set(wa) == set(wb) and "classifier.weight" in wa
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < 1e-4, f"largest weight difference {worst}"
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
