@@ -49,24 +49,26 @@ def recipe(base: str | Path | None = "baseline", overrides: list[str] | tuple[st
     return build_recipe(raw)
 
 
-def _as_recipe(value: Any, train_args: dict[str, Any]) -> Recipe:
-    from .recipe_io import canonical_train_keys
+def _as_recipe(value: Any, **extra: dict[str, Any]) -> Recipe:
+    """`value` (a recipe's name or file, a dict, a Recipe) with the non-empty `extra` sections merged over it."""
+    from .recipe_io import _deep_merge, canonical_train_keys
 
-    train_args = canonical_train_keys(train_args, "train()'s keyword arguments")
+    extra = {name: section for name, section in extra.items() if section}
     if isinstance(value, Recipe):
-        if not train_args:
+        if not extra:
             return value
-        return recipe(None, **{**value.to_dict(), "train": {**value.to_dict()["train"], **train_args}})
-    if isinstance(value, dict):
-        base = value.get("extends")
-        sections = {k: v for k, v in value.items() if k != "extends"}
-        if train_args:
-            sections["train"] = {**canonical_train_keys(sections.get("train", {})), **train_args}
-        return recipe(base, **sections)
-    if isinstance(value, (str, Path)):
-        return recipe(value, **({"train": train_args} if train_args else {}))
-    raise PlmtuneError(f"recipe must be a shipped recipe's name, a recipe file, a dict or a plmtune.Recipe, "
-                       f"not a {type(value).__name__}.")
+        base, sections = None, value.to_dict()
+    elif isinstance(value, dict):
+        base, sections = value.get("extends"), {k: v for k, v in value.items() if k != "extends"}
+    elif isinstance(value, (str, Path)):
+        base, sections = value, {}
+    else:
+        raise PlmtuneError(f"recipe must be a shipped recipe's name, a recipe file, a dict or a plmtune.Recipe, "
+                           f"not a {type(value).__name__}.")
+    if "train" in extra:  # HF names on both sides first, so that a merged section never holds a name and its alias
+        extra["train"] = canonical_train_keys(extra["train"], "train()'s keyword arguments")
+        sections["train"] = canonical_train_keys(sections.get("train", {}))
+    return recipe(base, **_deep_merge(sections, extra))
 
 
 class TrainedModel:
@@ -123,10 +125,7 @@ def train(recipe: Any = "baseline", train: Any = None, dev: Any = None, test: An
 
     fields = {k: v for k, v in (("text_field", text_field), ("text_pair_field", text_pair_field),
                                 ("label_field", label_field)) if v is not None}
-    chosen = _as_recipe(recipe, train_args)
-    if fields:
-        chosen = _as_recipe(chosen, {})
-        chosen = globals()["recipe"](None, **{**chosen.to_dict(), "data": {**chosen.to_dict()["data"], **fields}})
+    chosen = _as_recipe(recipe, train=train_args, data=fields)
     if train is None:
         raise PlmtuneError("train= is required: a task folder, a DatasetDict, or the train rows.")
     splits = dataset_dict_splits(train)
@@ -150,12 +149,10 @@ def train(recipe: Any = "baseline", train: Any = None, dev: Any = None, test: An
         except DataError as err:  # name the rows as the caller passed them, not the temp file they went into
             if not Path(str(err.path)).is_relative_to(scratch):
                 raise
-            from .classifier import _message
-
             split = Path(str(err.path)).stem
             given = {"train": train, "dev": dev, "test": test, "unlabeled": unlabeled}.get(split)
             where = given if isinstance(given, (str, Path)) else f"{split}= (line = row number, from 1)"
-            raise DataError(where, _message(err), err.line, err.field) from None
+            raise DataError(where, err.detail, err.line, err.field) from None
         model = load(run_dir / "model")
         log = run_dir / "metrics.jsonl"
         history = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []

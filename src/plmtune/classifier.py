@@ -24,14 +24,6 @@ import numpy as np
 from .errors import DataError, PlmtuneError
 
 
-def _message(err: Any) -> str:
-    """A DataError's message without its 'Bad data in FILE, line N, field F: ' head."""
-    text = str(err)
-    head = f"Bad data in {err.path}" + (f", line {err.line}" if err.line is not None else "") + \
-        (f", field '{err.field}'" if err.field is not None else "") + ": "
-    return text[len(head):] if text.startswith(head) else text
-
-
 def load(path: str | Path) -> Classifier:
     """Load a saved model (the folder ``--save-model`` writes) as a :class:`Classifier`."""
     return Classifier(*load_parts(path), source=Path(path))
@@ -160,7 +152,7 @@ class Classifier:
             try:
                 rows, _ = read_rows(path, cfg, labelled=labelled, is_pair=self.is_pair, pair_from=path)
             except DataError as err:  # the same checks as files; named after the input, not a temp file
-                raise DataError(what, _message(err), err.line, err.field) from None
+                raise DataError(what, err.detail, err.line, err.field) from None
         for row in rows:
             row["source"] = f"{what}:{row['source'].rsplit(':', 1)[1]}"  # 'the input:3', not a temp file
         return self._ids(rows, what) if labelled else rows

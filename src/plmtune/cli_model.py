@@ -71,7 +71,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .classifier import load
     from .rundir import write_text_atomic
 
-    from .classifier import _message
     from .errors import DataError
 
     clf = load(args.model)
@@ -82,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except DataError as err:
             if args.input != "-":
                 raise
-            raise DataError("standard input", _message(err), err.line, err.field) from None
+            raise DataError("standard input", err.detail, err.line, err.field) from None
         except PlmtuneError as err:
             if args.input != "-":
                 raise

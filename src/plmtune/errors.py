@@ -25,6 +25,7 @@ class DataError(PlmtuneError):
             where += f", field '{field}'"
         super().__init__(f"Bad data in {where}: {message}")
         self.path, self.line, self.field = path, line, field
+        self.detail = message  # what is wrong, without where: re-raised under another name (a temp file's rows)
 
 
 class RecipeError(PlmtuneError):

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
@@ -196,7 +197,7 @@ class TechniqueCallback(TrainerCallback):
             return False
         techniques = self.bridge.techniques
         device = next(iter(self.bridge.ctx.bare_model().parameters())).device
-        states = _to(load_tree(path), device)
+        states = send_to_device(load_tree(path), device)
         if [s["name"] for s in states] != [t.name for t in techniques]:
             raise PlmtuneError(f"{path} holds the state of the techniques {[s['name'] for s in states]}, but this "
                                f"trainer has {[t.name for t in techniques]}; resume with the same techniques.")
@@ -366,14 +367,3 @@ class TechniqueTrainer(Trainer):
             for technique in self.bridge.techniques:
                 loss = technique.adjust_loss(loss, outputs, inputs, self.bridge.ctx)
         return (loss, outputs) if return_outputs else loss
-
-
-def _to(tree: Any, device: Any) -> Any:
-    """`tree` (dicts, lists, tuples, tensors) with every tensor on `device`."""
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to(v, device) for v in tree)
-    return tree

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import PlmtuneError
+from .rundir import _umask
 
 FORMAT, VERSION = "plmtune-model", 1
 META, HEAD, ENCODER_DIR, CARD = "plmtune.json", "head.safetensors", "encoder", "README.md"
@@ -160,8 +161,7 @@ def write_folder(directory: Path, write: Any, keep: tuple[Path, ...] = ()) -> No
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = _umask()
         staging.chmod(0o777 & ~mask)
         write(staging)
         (staging / MARK).write_text("written by plmtune: plmtune may replace this folder\n", encoding="utf-8")

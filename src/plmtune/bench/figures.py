@@ -78,16 +78,22 @@ def interval_figure(rows: list[dict], by_method: dict, metric: str, majority: fl
     halves = [100 * r["m_half"] if math.isfinite(r["m_half"]) else 0.0 for r in rows]
     ax.errorbar(means, range(len(names)), xerr=halves, fmt="o", color="#4c72b0", ecolor="#4c72b0", capsize=3,
                 label="mean, 95% t-interval")
-    _majority_line(ax, majority)
     seeds = [100 * r["test"][metric] for name in names for r in by_method.get(name, {}).values()]
     spread = [m - h for m, h in zip(means, halves)] + [m + h for m, h in zip(means, halves)]
-    ax.set_xlim(*axis_range(spread + seeds + ([100 * majority] if majority is not None else []), metric))
+    _methods_axis(ax, names, spread + seeds, metric, majority,
+                  f"test {LABELS[metric]}, points (mean over seeds, 95% t-interval)")
+    return fig
+
+
+def _methods_axis(ax, names: list[str], values: list[float], metric: str, majority: float | None, xlabel: str) -> None:
+    """One row per method (top to bottom), the majority line, an x-range around `values`, the legend."""
+    _majority_line(ax, majority)
+    ax.set_xlim(*axis_range(values + ([100 * majority] if majority is not None else []), metric))
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel(f"test {LABELS[metric]}, points (mean over seeds, 95% t-interval)")
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     _legend_right(ax)
-    return fig
 
 
 def seeds_figure(rows: list[dict], by_method: dict, metric: str, majority: float | None):
@@ -105,13 +111,8 @@ def seeds_figure(rows: list[dict], by_method: dict, metric: str, majority: float
         values += [x for x, _ in points]
         ax.plot(*zip(*points), color=colour, lw=0.7, alpha=0.5, marker=MARKERS[j % len(MARKERS)], ms=5,
                 label=f"seed {seed}")
-    _majority_line(ax, majority)
-    ax.set_xlim(*axis_range(values + ([100 * majority] if majority is not None else []), metric))
-    ax.set_yticks(range(len(names)), names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel(f"test {LABELS[metric]} per seed, points (a line joins one seed's runs)")
-    ax.grid(axis="x", alpha=0.3)
-    _legend_right(ax)
+    _methods_axis(ax, names, values, metric, majority,
+                  f"test {LABELS[metric]} per seed, points (a line joins one seed's runs)")
     return fig
 
 
