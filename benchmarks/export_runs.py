@@ -16,7 +16,7 @@ from pathlib import Path
 
 from plmtune.bench.report import collect
 
-STAGE_FIELDS = ("self_training", "self_distillation", "pretrain", "embedding_head")
+STAGE_FIELDS = ("self_training", "self_distillation", "pretrain", "embedding_head", "distillation")
 
 
 def main() -> None:

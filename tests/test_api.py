@@ -67,6 +67,25 @@ def test_train_takes_a_dataset_dict_with_a_validation_split_and_keeps_out(toy_ta
         plmtune.train("baseline", train=splits, dev=[{"text": "x", "label": 0}])
 
 
+def test_a_class_label_column_names_the_classes_in_its_id_order(toy_task, tiny_backbone):
+    import datasets
+
+    tiny_backbone()
+    names = ["terrible", "awesome"]  # id order, not sorted: sorting would swap them
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    train, test = (datasets.Dataset.from_list(_rows(toy_task, s), features=features) for s in ("train", "test"))
+    assert train.to_list()[0]["label"] in (0, 1)  # a Dataset hands out the ids
+    run = plmtune.train("baseline", train=train, test=test, epochs=1, seed=3)
+    assert run.model.labels == names and run.result["recipe"]["data"]["label_names"] == names
+    texts = ["good great film", "bad awful meal"]
+    assert run.predict(texts) == [names[i] for i in run.predict_proba(texts).argmax(1)]
+    assert run.evaluate(test) == pytest.approx(run.metrics)  # its ids are this model's classes
+    other = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    with pytest.raises(PlmtuneError, match=r"ClassLabel column 'label' has different class names per split "
+                                           r"\(train: terrible, awesome; test: no, yes\)"):
+        plmtune.train("baseline", train=train, test=test.cast(other))
+
+
 def test_a_stage_recipe_runs_its_stage_through_the_api(toy_task, tiny_backbone):
     tiny_backbone()
     run = plmtune.train("self_distill", train=str(toy_task), epochs=1)

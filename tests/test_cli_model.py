@@ -38,6 +38,27 @@ def test_predict_writes_labels_probabilities_and_the_input_columns(saved_toy_mod
     assert [r["label"] for r in table] == [r["label"] for r in rows]
 
 
+def test_predict_keeps_the_gold_label_under_its_field_name_and_adds_nothing_without_one(
+        saved_toy_model, toy_task, write_jsonl, tmp_path):
+    task = tmp_path / "y_task"
+    for split in ("train", "dev", "test"):
+        rows = _jsonl(toy_task / f"{split}.jsonl")
+        write_jsonl(f"{split}.jsonl", [{"text": r["text"], "y": r["label"]} for r in rows], task)
+    folder, _ = saved_toy_model(["data.label_field=y"], task=task, name="y")
+    source = write_jsonl("gold.jsonl", [{"text": "good great film", "y": 1}, {"text": "bad awful meal"}])
+    assert main(["predict", str(folder), "--input", str(source), "--out", str(tmp_path / "g.jsonl")]) == 0
+    rows = _jsonl(tmp_path / "g.jsonl")
+    assert list(rows[0]) == ["text", "y", "label", "probs"] and rows[0]["y"] == 1  # gold beside the prediction
+    assert list(rows[1]) == ["text", "label", "probs"]  # a row without one gets none
+    assert main(["predict", str(folder), "--input", str(source), "--out", str(tmp_path / "g.csv")]) == 0
+    with open(tmp_path / "g.csv", newline="") as f:
+        assert [r["y"] for r in csv.DictReader(f)] == ["1", ""]
+    plain, _ = saved_toy_model()
+    source = write_jsonl("plain.jsonl", [{"id": 1, "text": "good great film"}])
+    assert main(["predict", str(plain), "--input", str(source), "--out", str(tmp_path / "n.jsonl")]) == 0
+    assert list(_jsonl(tmp_path / "n.jsonl")[0]) == ["id", "text", "label", "probs"]  # as before: no gold, none added
+
+
 def test_predict_reads_text_lines_and_standard_input(saved_toy_model, tmp_path, monkeypatch, capsys):
     folder, _ = saved_toy_model()
     (tmp_path / "in.txt").write_text("good great film\n\nbad awful meal\n")
@@ -179,9 +200,10 @@ def test_predict_names_standard_input_keeps_colliding_columns_and_splits_only_re
     assert main(["predict", str(folder), "--input", str(source), "--out", str(tmp_path / "p.csv")]) == 0
     with open(tmp_path / "p.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    # the gold label (the recipe's label field) is not carried; other columns are, renamed where ours collide
-    assert list(table[0]) == ["input_p_0", "text", "extra", "label", "p_0", "p_1"]
+    # every other column is carried, the gold label (the recipe's field 'label') too, renamed where ours collide
+    assert list(table[0]) == ["input_p_0", "text", "input_label", "extra", "label", "p_0", "p_1"]
     assert table[0]["input_p_0"] == "5" and table[1]["extra"] == "1"
+    assert table[0]["input_label"] == "gold" and table[1]["input_label"] == ""  # row 2 had none
     (tmp_path / "in.txt").write_text("one\u2028still one\ftoo\ntwo\n", encoding="utf-8")
     assert main(["predict", str(folder), "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "t.jsonl")]) == 0
     assert len(_jsonl(tmp_path / "t.jsonl")) == 2

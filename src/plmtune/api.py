@@ -114,13 +114,14 @@ def train(recipe: Any = "baseline", train: Any = None, dev: Any = None, test: An
     `train` is a task folder (then `dev`/`test`/`unlabeled` come from it), a ``datasets.DatasetDict``
     (its ``validation`` split is dev), or the train rows themselves: a ``datasets.Dataset``, a pandas
     DataFrame, a list of dicts, a dict of lists or a .jsonl/.csv/.tsv file; `dev`, `test` and
-    `unlabeled` (the pool of self-training stages) likewise. The field names come from the recipe's
-    data section, or `text_field`/`text_pair_field`/`label_field`. Extra keyword arguments go to
-    the recipe's train section (``learning_rate=3e-5``, ``epochs=5``). With `out` the run folder
-    (result.json, metrics.jsonl, model/) is kept there; without, it lives in a temp folder that
-    is removed once the model is loaded.
+    `unlabeled` (the pool of self-training stages) likewise; a ``Dataset`` whose label column is a
+    ``ClassLabel`` names the classes (``data.label_names``, unless the recipe sets them). The field
+    names come from the recipe's data section, or `text_field`/`text_pair_field`/`label_field`.
+    Extra keyword arguments go to the recipe's train section (``learning_rate=3e-5``, ``epochs=5``).
+    With `out` the run folder (result.json, metrics.jsonl, model/) is kept there; without, it lives
+    in a temp folder that is removed once the model is loaded.
     """
-    from .inputs import dataset_dict_splits, task_folder
+    from .inputs import class_label_names, dataset_dict_splits, task_folder
     from .run import run_recipe
 
     fields = {k: v for k, v in (("text_field", text_field), ("text_pair_field", text_pair_field),
@@ -133,6 +134,9 @@ def train(recipe: Any = "baseline", train: Any = None, dev: Any = None, test: An
         if any(x is not None for x in (dev, test, unlabeled)):
             raise PlmtuneError("train= is a DatasetDict holding every split; do not also pass dev=, test= or unlabeled=.")
         train, dev, test, unlabeled = (splits.get(k) for k in ("train", "dev", "test", "unlabeled"))
+    names = class_label_names({"train": train, "dev": dev, "test": test}, chosen.data.label_field)
+    if names is not None and chosen.data.label_names is None:  # a Dataset's ClassLabel: its ids, named
+        chosen = _as_recipe(chosen, data={"label_names": names})
     scratch = Path(tempfile.mkdtemp(prefix="plmtune-train-"))
     try:
         if isinstance(train, (str, Path)) and Path(train).is_dir():

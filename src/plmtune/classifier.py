@@ -157,8 +157,11 @@ class Classifier:
             row["source"] = f"{what}:{row['source'].rsplit(':', 1)[1]}"  # 'the input:3', not a temp file
         return self._ids(rows, what) if labelled else rows
 
-    def file_rows(self, path: str | Path, labelled: bool = False) -> list[dict[str, Any]]:
-        """Checked rows of a .jsonl/.csv/.tsv file (the recipe's field names), or of a .txt file (a text per line)."""
+    def file_rows(self, path: str | Path, labelled: bool = False, keep_label: bool = False) -> list[dict[str, Any]]:
+        """Checked rows of a .jsonl/.csv/.tsv file (the recipe's field names), or of a .txt file (a text per line).
+
+        `keep_label` (unlabelled only): a row's gold label, where it has one, stays among its ``fields``.
+        """
         from .data import _LINE_END, _decode, read_rows
 
         path = Path(path)
@@ -175,7 +178,8 @@ class Classifier:
             if not rows:
                 raise PlmtuneError(f"{path} holds no text.")
             return rows
-        rows, _ = read_rows(path, self.recipe.data, labelled=labelled, is_pair=self.is_pair, pair_from=path)
+        rows, _ = read_rows(path, self.recipe.data, labelled=labelled, is_pair=self.is_pair, pair_from=path,
+                            keep_label=keep_label)
         return self._ids(rows, path) if labelled else rows
 
     def _ids(self, rows: list[dict[str, Any]], where: Any) -> list[dict[str, Any]]:

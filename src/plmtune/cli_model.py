@@ -36,18 +36,23 @@ def _output_format(out: str, fmt: str | None) -> str:
 
 
 def render_predictions(rows: list[dict[str, Any]], probs: Any, labels: list[str], fmt: str,
-                       text_field: str = "text", pair_field: str = "text_pair") -> str:
+                       text_field: str = "text", pair_field: str = "text_pair", label_field: str | None = None) -> str:
     """Each input row's other columns, its text(s) under their own names, the predicted label and its probabilities.
 
-    An input column whose name the output uses (label, probs, p_<class>) is kept as input_<name>.
+    A row's gold label (`label_field`, where the row has one) comes right before the predicted label.
+    An input column whose name the output uses (label, probs, p_<class>) is kept as input_<name>: a gold
+    label in the recipe's default field 'label' comes out as input_label.
     """
     ours = {"label", "probs", *(f"p_{name}" for name in labels)}
     records = []
     for row, p in zip(rows, probs):
-        record = {(f"input_{k}" if k in ours else k): v for k, v in row.get("fields", {}).items()}
+        fields = dict(row.get("fields", {}))
+        gold = {label_field: fields.pop(label_field)} if label_field in fields else {}
+        record = {(f"input_{k}" if k in ours else k): v for k, v in fields.items()}
         record[text_field] = row["text"]
         if "text_pair" in row:
             record[pair_field] = row["text_pair"]
+        record.update({(f"input_{k}" if k in ours else k): v for k, v in gold.items()})
         record["label"] = labels[int(p.argmax())]
         record["probs"] = {name: round(float(v), 6) for name, v in zip(labels, p)}
         records.append(record)
@@ -77,7 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="plmtune-predict-") as folder:
         source = _stdin_file(folder, args.format or "jsonl") if args.input == "-" else Path(args.input)
         try:
-            rows = clf.file_rows(source)
+            rows = clf.file_rows(source, keep_label=True)  # a gold label is kept, to compare with ours
         except DataError as err:
             if args.input != "-":
                 raise
@@ -91,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     data = clf.recipe.data
     text_field = "text" if source.suffix == ".txt" else data.text_field
     text = render_predictions(rows, probs, clf.labels, _output_format(args.out, args.output_format), text_field,
-                              data.text_pair_field)
+                              data.text_pair_field, data.label_field)
     if args.out == "-":
         sys.stdout.write(text)
     else:

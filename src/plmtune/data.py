@@ -232,8 +232,11 @@ def _text(record: dict, key: str, path: Path, line: int, required: bool = True, 
 
 
 def read_rows(path: Path, cfg: DataConfig, labelled: bool = True, is_pair: bool | None = None,
-              pair_from: Path | None = None) -> tuple[list[dict[str, Any]], bool]:
+              pair_from: Path | None = None, keep_label: bool = False) -> tuple[list[dict[str, Any]], bool]:
     """Read and check one split file; labels stay raw (int or name) until `assign_label_ids`.
+
+    `keep_label` (unlabelled reads only): a row's label field, where it has one, stays unchecked
+    among its other columns (``fields``), as ``plmtune predict`` carries it to its output.
 
     `is_pair` None decides pair-ness from this file (any row with a non-null pair field); otherwise
     it was decided by the file `pair_from` and every row here must agree with it.
@@ -260,7 +263,9 @@ def read_rows(path: Path, cfg: DataConfig, labelled: bool = True, is_pair: bool 
             raise DataError(path, f"this row has a '{pair_key}' but {decided} has none, so "
                                   "the task is read as single-text and the pair would be lost; give every "
                                   f"split a '{pair_key}' or none.", line, pair_key)
-        extra = {k: v for k, v in record.items() if k not in (cfg.text_field, pair_key, cfg.label_field)}
+        dropped = (cfg.text_field, pair_key) if keep_label and not labelled else (cfg.text_field, pair_key,
+                                                                                   cfg.label_field)
+        extra = {k: v for k, v in record.items() if k not in dropped}
         if extra:
             row["fields"] = extra  # other columns (ids, feature vectors) for techniques to use
         if labelled:

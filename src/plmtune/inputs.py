@@ -93,6 +93,24 @@ def task_folder(folder: Path, train: Any, dev: Any = None, test: Any = None, unl
     return folder
 
 
+def class_label_names(splits: dict[str, Any], field: str) -> list[str] | None:
+    """The class names of `field` where it is a ``datasets.ClassLabel`` column of the in-memory splits.
+
+    A ``Dataset`` stores such labels as ids (``to_list`` gives 0, 1...); its names, in id order, become
+    ``data.label_names``. Splits that name their classes differently are refused (their ids would mix).
+    """
+    found: dict[str, list[str]] = {}
+    for split, data in splits.items():
+        feature = (getattr(data, "features", None) or {}).get(field) if hasattr(data, "column_names") else None
+        if type(feature).__name__ == "ClassLabel" and getattr(feature, "names", None):
+            found[split] = [str(name) for name in feature.names]
+    if len({tuple(names) for names in found.values()}) > 1:
+        shown = "; ".join(f"{split}: {', '.join(names)}" for split, names in found.items())
+        raise PlmtuneError(f"the ClassLabel column '{field}' has different class names per split ({shown}); "
+                           "give every split the same ClassLabel, or set data.label_names.")
+    return next(iter(found.values()), None)
+
+
 def dataset_dict_splits(data: Any) -> dict[str, Any] | None:
     """The splits of a ``datasets.DatasetDict`` (or any mapping of split name -> rows), HF's 'validation' as dev."""
     if not isinstance(data, Mapping) or not data or not all(hasattr(v, "column_names") or isinstance(v, list)

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from plmtune.loading import build_recipe

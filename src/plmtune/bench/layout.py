@@ -1,7 +1,8 @@
 """Where a bench writes: every path below the bench folder is made here, and checked to stay there.
 
 A suite file is data from elsewhere, and its method and task names become folder names
-(``runs/TASK/kK/METHOD/seed-S``, ``data/TASK/K-S``). ``name_problem`` rejects any name that could
+(``runs/TASK/kK/METHOD/seed-S``, ``data/TASK/K-S``; K=full runs are ``runs/TASK/kfull/...`` and read
+the task folder itself, so they have no data folder). ``name_problem`` rejects any name that could
 leave its folder (``/``, ``\\``, ``..``, a leading dot, NUL, empty, absurdly long); ``inside``
 is the second line of defence: every folder the bench is about to write or replace must resolve
 inside the bench folder, or nothing is written.
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..errors import PlmtuneError
 
 MAX_NAME = 100
+FULL = "full"  # the K of a run on the task folder's own splits (suite `k: [16, full]`)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -43,11 +45,19 @@ def inside(root: Path, path: Path) -> Path:
     return path
 
 
+def k_order(k: int | str) -> tuple[int, int, str]:
+    """Sort key of a K: the integers in order, then full (then any other string a record holds)."""
+    if isinstance(k, int) and not isinstance(k, bool):
+        return (0, k, "")
+    return (1, 0, "") if k == FULL else (2, 0, str(k))
+
+
 def data_dir(out: Path, task: str, k: int, seed: int | None = None) -> Path:
     """The few-shot splits of one task and K (``data/TASK``), or of one seed (``data/TASK/K-SEED``)."""
     folder = out / "data" / task
     return inside(out, folder if seed is None else folder / f"{k}-{seed}")
 
 
-def run_dir(out: Path, task: str, k: int, method: str, seed: int) -> Path:
+def run_dir(out: Path, task: str, k: int | str, method: str, seed: int) -> Path:
+    """``runs/TASK/kK/METHOD/seed-S`` (``kfull`` for K=full)."""
     return inside(out, out / "runs" / task / f"k{k}" / method / f"seed-{seed}")

@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import PlmtuneError
 from ..rundir import write_text_atomic
 from . import figures
+from .layout import k_order
 
 logger = logging.getLogger(__name__)
 REDO = "Delete it (or its run folder) and run 'plmtune bench' again to redo that run."
@@ -69,7 +70,7 @@ NUMBER = (int, float)
 RESULT_FIELDS = {"test.accuracy": NUMBER}  # what every reader of a bench (the table scripts too) needs
 SUMMARY_FIELDS = {"test.accuracy": NUMBER, "test.macro_f1": NUMBER, "test.mcc": NUMBER,
                   "parameters.trainable": NUMBER}  # what the report's summary needs besides
-RECORD_FIELDS = {"method": str, "task": str, "k": int, "seed": int, "status": str}
+RECORD_FIELDS = {"method": str, "task": str, "k": (int, str), "seed": int, "status": str}  # k: an int or "full"
 SUITE_HINT = "Run 'plmtune bench' on this folder again to rewrite it."
 SUITE_FIELDS = {"name": str, "baseline": str, "methods": list, "seeds": list}
 
@@ -137,7 +138,7 @@ def paired(diffs: list[float]) -> dict[str, float]:
 def summarise(results: dict, baseline: str, methods: list[str], metric: str | None = None) -> list[dict[str, Any]]:
     """One row per task, K and method; differences in `metric` (None: each task's default)."""
     rows = []
-    for (task, k), by_method in sorted(results.items()):
+    for (task, k), by_method in sorted(results.items(), key=lambda item: (item[0][0], k_order(item[0][1]))):
         chosen = metric_for(task, metric)
         for runs in by_method.values():  # the baseline's too, before a difference reads it
             for r in runs.values():
@@ -214,7 +215,7 @@ def _number(x: float | None) -> str:
 
 
 def _by_task(rows: list[dict]) -> list[tuple[str, int, list[dict]]]:
-    keys = sorted({(r["task"], r["k"]) for r in rows})
+    keys = sorted({(r["task"], r["k"]) for r in rows}, key=lambda key: (key[0], k_order(key[1])))
     return [(task, k, [r for r in rows if r["task"] == task and r["k"] == k]) for task, k in keys]
 
 
@@ -438,7 +439,7 @@ def html_page(md_rows: list[dict], failures: list[dict], suite: dict, drawn: lis
               f"<style>{CSS}</style></head><body>"), f"<h1>Benchmark report: {name}</h1>"]
     parts += [f"<p>{_inline(p)}</p>" for p in intro(md_rows, suite, metric)]
     for task, k, group in _by_task(md_rows):
-        parts.append(f"<h2>{html.escape(task)}, K={k}</h2><div class='scroll'><table><tr>"
+        parts.append(f"<h2>{html.escape(task)}, K={html.escape(str(k))}</h2><div class='scroll'><table><tr>"
                      + "".join(f"<th>{html.escape(c)}</th>" for c in columns(group[0]["metric"])) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in group]
         parts.append("</table></div>")

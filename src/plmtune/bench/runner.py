@@ -1,5 +1,7 @@
 """Run a suite: make the few-shot splits, then every run in its own process.
 
+A K=full run reads the task folder itself (``--data TASK_FOLDER``): nothing is made or copied for it.
+
 A run whose folder holds a ``result.json`` with status ok and a ``bench.json`` with the same run
 key (a hash of the resolved method, the data files and the seed) is skipped; anything else (never
 run, failed, interrupted, or changed since) runs again. A failure is recorded in ``bench.json``
@@ -28,13 +30,13 @@ from ..errors import PlmtuneError
 from ..fewshot import make_fewshot
 from ..locking import FolderLock
 from ..rundir import write_json_atomic
-from .layout import data_dir, inside
+from .layout import FULL, data_dir, inside
 from .suite import RunSpec, Suite, run_key
 
 
 def prepare_data(suite: Suite, out: Path) -> None:
     for task in suite.tasks:
-        for k in suite.k:
+        for k in [k for k in suite.k if k != FULL]:  # K=full reads the task folder as it is
             missing = [s for s in suite.seeds if not (data_dir(out, task, k, s) / "meta.json").is_file()]
             if missing:
                 make_fewshot(suite.data_root / task, data_dir(out, task, k), k, missing)
@@ -55,7 +57,10 @@ def command(spec: RunSpec) -> list[str]:
     base = [sys.executable, "-m", "plmtune"]
     common = ["--data", str(spec.data_dir), "--out", str(spec.out_dir), "--seed", str(spec.seed)]
     if spec.method.peer:
-        return [*base, "peer", spec.method.peer, *common]
+        # --opt=VALUE: a value that starts with '-' must not be read as an option
+        backbones = [*([f"--backbone={spec.method.backbone}"] if spec.method.backbone else []),
+                     *([f"--teacher-backbone={spec.method.teacher_backbone}"] if spec.method.teacher_backbone else [])]
+        return [*base, "peer", spec.method.peer, *common, *backbones]
     # --overwrite: the bench owns its run folders and re-runs one only when it is not done (failed,
     # interrupted or changed); the old outputs stay until the new run has succeeded.
     return [*base, "run", spec.method.recipe, *common, "--overwrite",
@@ -96,7 +101,8 @@ def run_suite(suite: Suite, out: Path, jobs: int = 1, only: str | None = None, p
 
 def _run_locked(suite: Suite, out: Path, jobs: int, progress: bool, specs: list[RunSpec]) -> dict[str, int]:
     for spec in specs:  # before any write: nothing of this bench may land outside its folder
-        inside(out, spec.data_dir)
+        if spec.k != FULL:  # a K=full run's data is the task folder, read and never written
+            inside(out, spec.data_dir)
         inside(out, spec.out_dir)
     prepare_data(suite, out)
     # Written before any run, so a bench stopped part-way (deadline, Ctrl-C) can still be reported.

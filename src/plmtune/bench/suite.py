@@ -5,32 +5,53 @@ A suite file::
     name: fewshot
     data_root: ../shared/data         # relative to the current folder (or --data-root); a folder per task
     tasks: [sst2, subj, trec, rte, mrpc, cola]
-    k: [8, 16]
+    k: [8, 16]                       # examples per class; `full` (e.g. k: [16, full]) = the whole task folder
     seeds: [13, 21, 42, 87, 100]
     baseline: vanilla                # the method every other is compared with in the report
     methods:
       - {name: majority, peer: majority}
       - {name: linear_probe, peer: linear_probe}
       - {name: setfit, peer: setfit}
+      - {name: setfit_mpnet, peer: setfit, backbone: mpnet}
+      - {name: setfit_distill, peer: setfit_distill, backbone: minilm, teacher_backbone: mpnet}
       - {name: vanilla, recipe: baseline}
       - {name: llrd, recipe: llrd, set: ["techniques.0.decay=0.8"]}
+      - {name: vanilla_mpnet, recipe: baseline, set: ["model.backbone=mpnet"]}
 
 Method and task names become folder names in the bench folder, so they are checked like any other
 field (see ``layout.name_problem``); the shipped suites are in ``plmtune/bench/suites``.
+
+``backbone`` (a peer's sentence encoder, ``plmtune peer --backbone``; minilm when not given) and
+``teacher_backbone`` (setfit_distill's teacher, ``--teacher-backbone``; mpnet when not given) are
+for peer methods only: a recipe names its backbone with ``set: ["model.backbone=..."]``. They
+enter the run key only when given, so the runs of a suite written before them are still done.
+
+K is a positive integer (K examples per class for train and for dev, drawn per seed by
+``plmtune data fewshot`` into ``BENCH/data/TASK/K-SEED``) or ``full``: the runs read the task
+folder itself (by path, nothing is copied) with its own train, dev and test files, and the seed
+is only the training seed. Runs of ``full`` are labelled ``K=full`` and live in
+``runs/TASK/kfull/METHOD/seed-S``. A ``full`` task folder must have a train and a test file
+(the report compares test metrics), checked when the suite is read; GLUE-style folders whose
+labelled evaluation set is ``dev`` (sst2, rte, cola) and single-file ones (subj's ``all.jsonl``)
+are refused with how to make one. Without a dev file the runs are still made, but nothing is
+selected on dev: a recipe trains its ``train.epochs`` and keeps the last epoch (no early
+stopping or best-epoch choice), and linear_probe keeps its first C.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError, suggest
+from ..data import find_split_file
+from ..errors import PlmtuneError, RecipeError, suggest
 from ..loading import load_recipe
 from ..safe_yaml import YamlProblem, load_yaml
-from .layout import data_dir, name_problem, run_dir
+from .layout import FULL, data_dir, name_problem, run_dir
 from .peers import PEERS
 
 # The shipped suites live in the package so that a plain (non-editable) install has them;
@@ -44,11 +65,17 @@ class Method:
     recipe: str | None = None
     peer: str | None = None
     set: tuple[str, ...] = ()
+    backbone: str | None = None  # a peer's --backbone (None: the peer's default)
+    teacher_backbone: str | None = None  # setfit_distill's --teacher-backbone
 
     def identity(self) -> dict[str, Any]:
-        """What defines the method's behaviour (for the run key): the resolved recipe or the peer."""
+        """What defines the method's behaviour (for the run key): the resolved recipe or the peer.
+
+        A peer's backbones are in it only where the suite names them, so a peer written without
+        them keeps the key it had before suites could name them."""
         if self.peer:
-            return {"peer": self.peer}
+            return {"peer": self.peer, **({"backbone": self.backbone} if self.backbone else {}),
+                    **({"teacher_backbone": self.teacher_backbone} if self.teacher_backbone else {})}
         return {"recipe": load_recipe(self.recipe, list(self.set)).to_dict()}
 
 
@@ -56,9 +83,9 @@ class Method:
 class RunSpec:
     method: Method
     task: str
-    k: int
+    k: int | str  # a positive int, or FULL
     seed: int
-    data_dir: Path
+    data_dir: Path  # BENCH/data/TASK/K-SEED, or for FULL the task folder itself
     out_dir: Path
 
     @property
@@ -72,19 +99,20 @@ class Suite:
     path: Path
     data_root: Path
     tasks: tuple[str, ...]
-    k: tuple[int, ...]
+    k: tuple[int | str, ...]
     seeds: tuple[int, ...]
     methods: tuple[Method, ...]
     baseline: str
     extra: dict[str, Any] = field(default_factory=dict)
 
     def expand(self, out: Path) -> list[RunSpec]:
-        return [RunSpec(m, task, k, seed, data_dir(out, task, k, seed), run_dir(out, task, k, m.name, seed))
+        return [RunSpec(m, task, k, seed, self.data_root / task if k == FULL else data_dir(out, task, k, seed),
+                        run_dir(out, task, k, m.name, seed))
                 for task in self.tasks for k in self.k for m in self.methods for seed in self.seeds]
 
 
 KEYS = ("name", "data_root", "tasks", "k", "seeds", "methods", "baseline")
-METHOD_KEYS = ("name", "recipe", "peer", "set")
+METHOD_KEYS = ("name", "recipe", "peer", "set", "backbone", "teacher_backbone")
 
 
 def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
@@ -111,7 +139,7 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
         if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
             raise fail(f"{key} must be a string, got {raw[key]!r}.")
     tasks = _names(raw["tasks"], "tasks", fail)
-    k = _integers(raw["k"], "k", 1, "a positive integer", fail)
+    k = _k_values(raw["k"], fail)
     seeds = _integers(raw["seeds"], "seeds", 0, "a non-negative integer", fail)
     methods = tuple(_method(i, entry, fail) for i, entry in enumerate(raw["methods"]))
     names = [m.name for m in methods]
@@ -130,6 +158,8 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
         if not (root / task).is_dir():
             raise fail(f"tasks[{i}]: task folder {root / task} does not exist (below {origin} {root}). "
                        "Pass --data-root DIR, the folder that holds the task folders, to read them elsewhere.")
+        if FULL in k:
+            _check_full_task(root / task, f"tasks[{i}]", fail)
     return Suite(raw.get("name", path.stem), path, root, tasks, k, seeds, methods, baseline)
 
 
@@ -179,6 +209,40 @@ def _integers(values: list, field: str, lowest: int, kind: str, fail) -> tuple[i
     return tuple(values)
 
 
+def _k_values(values: list, fail) -> tuple[int | str, ...]:
+    for i, value in enumerate(values):
+        if value == FULL:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            close = isinstance(value, str) and suggest(value, [FULL]).startswith(" Did")
+            hint = f" Did you mean '{FULL}'?" if close else ""
+            raise fail(f"k[{i}] must be a positive integer, got {value!r} (or {FULL}: the task folder's own "
+                       f"train, dev and test files instead of K examples per class).{hint}")
+    _unique(values, "k", fail)
+    return tuple(values)
+
+
+def _check_full_task(folder: Path, where: str, fail) -> None:
+    """A K=full run reads the task folder as it is: it needs a train and a (labelled) test file."""
+    try:
+        files = {split: find_split_file(folder, split) for split in ("train", "test")}
+    except PlmtuneError as err:  # two files for one split
+        raise fail(f"{where} (k: {FULL}): {err}") from None
+    if files["train"] is None:
+        single = (" It is a single-file dataset: use an integer K (the few-shot splits carve a test set from it), "
+                  "or make a folder with train and test files.") if any(folder.glob("all.*")) else ""
+        raise fail(f"{where} (k: {FULL}): task folder {folder} has no train file (train.jsonl, .csv or .tsv); "
+                   f"a K={FULL} run trains on the task folder's own train file.{single}")
+    if files["test"] is None:
+        dev = find_split_file(folder, "dev")
+        hint = (f" Its labelled evaluation set is {dev.name}: the few-shot K uses it as test, but a K={FULL} run "
+                f"would select on it. Make a folder with its train file and {dev.name} as test{dev.suffix} "
+                "(links will do), and no dev, to run on it.") if dev else ""
+        raise fail(f"{where} (k: {FULL}): task folder {folder} has no test file (test.jsonl, .csv or .tsv); "
+                   f"a K={FULL} run tests on the task folder's own test file, and the report compares test "
+                   f"metrics.{hint}")
+
+
 def _unique(values: list, field: str, fail) -> None:
     twice = sorted({str(v) for v in values if values.count(v) > 1})
     if twice:
@@ -208,7 +272,24 @@ def _method(i: int, entry: Any, fail) -> Method:
     for j, override in enumerate(overrides):
         if not isinstance(override, str):
             raise fail(f"{where}.set[{j}] must be an override string like \"train.epochs=1\", got {override!r}.")
-    method = Method(entry["name"], entry.get("recipe"), entry.get("peer"), tuple(overrides))
+    for key in ("backbone", "teacher_backbone"):
+        if key not in entry:
+            continue
+        if "peer" not in entry:
+            raise fail(f"{where}.{key} is for peer methods only (it is passed to 'plmtune peer --"
+                       f"{key.replace('_', '-')}'); a recipe method names its backbone with an override, e.g. "
+                       f"set: [\"model.backbone={entry[key]}\"].")
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise fail(f"{where}.{key} must be a non-empty string (a backbone alias such as mpnet, a local model "
+                       f"folder or a hub name), got {entry[key]!r}.")
+    if "backbone" in entry and entry["peer"] == "majority":
+        raise fail(f"{where}.backbone: peer 'majority' has no backbone (it predicts the most frequent class); "
+                   "drop backbone.")
+    if "teacher_backbone" in entry and entry["peer"] != "setfit_distill":
+        raise fail(f"{where}.teacher_backbone: only peer 'setfit_distill' has a teacher; peer '{entry['peer']}' "
+                   "takes backbone only.")
+    method = Method(entry["name"], entry.get("recipe"), entry.get("peer"), tuple(overrides),
+                    entry.get("backbone"), entry.get("teacher_backbone"))
     if method.recipe:
         try:
             method.identity()  # validates the recipe and its overrides now, before any run
@@ -225,9 +306,27 @@ def file_digest(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def data_files(spec: RunSpec) -> list[Path]:
+    """The data files a run's key hashes: the few-shot splits (``unlabeled.jsonl`` follows from them and
+    the seed), or for K=full the task folder's split files as ``load_task`` finds them, and its
+    ``unlabeled.jsonl`` where there is one (nothing derives it there)."""
+    if spec.k != FULL:
+        return [p for p in spec.data_dir.glob("*.jsonl") if p.name != "unlabeled.jsonl"]
+    files = [find_split_file(spec.data_dir, split) for split in ("train", "dev", "test")]
+    return [p for p in [*files, spec.data_dir / "unlabeled.jsonl"] if p is not None and p.is_file()]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    return file_digest([Path(name) for name, _, _ in files])
+
+
 def run_key(spec: RunSpec) -> str:
     """Hash of what decides a run's result: the resolved method, the data files and the seed."""
-    files = [p for p in spec.data_dir.glob("*.jsonl") if p.name != "unlabeled.jsonl"]
-    payload = json.dumps({"method": spec.method.identity(), "data": file_digest(files), "seed": spec.seed},
+    files = data_files(spec)
+    # A full task folder is hashed once per bench, not once per method and seed (sst2's train is 5 MB).
+    digest = _cached_digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)) \
+        if spec.k == FULL else file_digest(files)
+    payload = json.dumps({"method": spec.method.identity(), "data": digest, "seed": spec.seed},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
