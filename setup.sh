@@ -21,5 +21,5 @@ if [ "$TORCH_SPEC" != "skip" ]; then
   "$PYTHON" -m pip install -q "$TORCH_SPEC"
 fi
 # Editable, so that results record the git commit of this checkout.
-"$PYTHON" -m pip install -q -e ".[dev,bench,export,tracking,mpnet]"
+"$PYTHON" -m pip install -q -e ".[dev,bench,export,tracking,mpnet,ray]"
 "$PYTHON" -c "import plmtune, torch; print(f'plmtune ready (torch {torch.__version__})')"

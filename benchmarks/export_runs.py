@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from plmtune.bench.report import collect
+from _tables import to_record
 
-STAGE_FIELDS = ("self_training", "self_distillation", "pretrain", "embedding_head", "distillation")
+from plmtune.bench.report import collect
 
 
 def main() -> None:
@@ -33,12 +33,7 @@ def main() -> None:
             if wanted is not None and method not in wanted:
                 continue
             for seed, r in sorted(runs.items()):
-                record = {"suite": suite.get("name"), "task": task, "k": k, "method": method, "seed": seed,
-                          "test": r["test"], "dev": r.get("dev"), "train_seconds": r.get("train_seconds"),
-                          "process_seconds": r.get("_wall_seconds"), "peak_memory": r.get("peak_memory"),
-                          "trainable": r["parameters"]["trainable"], "total": r["parameters"]["total"],
-                          **{f: r[f] for f in STAGE_FIELDS if f in r},
-                          "versions": r.get("versions"), "machine": r.get("machine")}
+                record = to_record(suite.get("name"), task, k, method, seed, r)
                 lines.append(json.dumps(record, ensure_ascii=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

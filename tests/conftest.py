@@ -6,10 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs on pytest-xdist workers (`-n auto` in pyproject.toml): split the cores between them
+# so that n workers do not each start one torch thread per core (and the processes the tests spawn,
+# which inherit the variable, neither). Set before torch is imported, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import torch  # noqa: E402
 
 from shared_data import REPO, SHARED_DATA, shared_dataset  # noqa: F401  (tests import it from shared_data)
 
@@ -120,3 +127,9 @@ def saved_toy_model(toy_task, tmp_path, tiny_backbone):
         return tmp_path / name, task
 
     return make
+
+
+def pytest_collection_modifyitems(items):
+    # The `slow` tests first (a stable sort keeps each file's order): on xdist workers the long ones
+    # then start at once instead of leaving one worker busy alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

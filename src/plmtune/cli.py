@@ -205,12 +205,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import run_suite
     from .bench.suite import load_suite
 
+    if args.executor != "ray" and (args.ray_address or args.cpus_per_run != 1 or args.gpus_per_run):
+        raise PlmtuneError("--ray-address, --cpus-per-run and --gpus-per-run are for --executor ray.")
     suite = load_suite(args.suite, data_root=args.data_root)
     methods = args.methods.split(",") if args.methods else None
     unknown = sorted(set(methods or []) - {m.name for m in suite.methods})
     if unknown:
         raise PlmtuneError(f"--methods: {', '.join(unknown)} not in suite {suite.name}.")
-    counts = run_suite(suite, Path(args.out), jobs=args.jobs, only=args.only, progress=True, methods=methods)
+    ray = {"address": args.ray_address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run}
+    counts = run_suite(suite, Path(args.out), jobs=args.jobs, only=args.only, progress=True, methods=methods,
+                       executor=args.executor, timeout=args.timeout, ray=ray)
     print(f"bench {suite.name}: {counts['total']} runs, {counts['skipped']} already done, {counts['ran']} ran, "
           f"{counts['failed']} failed. Report: plmtune report {args.out}")
     return 1 if counts["failed"] else 0
@@ -265,6 +269,24 @@ def positive_minutes(text: str) -> float:
     if not (math.isfinite(value) and value > 0):  # NaN would never time out, inf never either
         raise argparse.ArgumentTypeError(f"must be a positive, finite number of minutes, got '{text}'")
     return value
+
+
+def _number(text: str, ok, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be a {what}, finite number, got '{text}'")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0, "positive")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, lambda v: v >= 0, "non-negative")
 
 
 def directory(text: str) -> str:
@@ -406,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=positive_int, default=1, help="runs at once (each then gets 1 CPU thread)")
     p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
     p.add_argument("--methods", help="comma-separated method names to run (default: all)")
+    p.add_argument("--executor", choices=["local", "warm", "ray"], default="local",
+                   help="local: a fresh process per run; warm: each run forked from a server that has done the "
+                        "imports once; ray: each run a Ray task (a local Ray of -j runs, or --ray-address)")
+    p.add_argument("--timeout", type=positive_float, default=None,
+                   help="seconds after which a run is killed and recorded as failed (default: none)")
+    p.add_argument("--ray-address", default=None,
+                   help="a running Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
+    p.add_argument("--cpus-per-run", type=positive_int, default=1,
+                   help="CPUs each Ray task declares (also its torch threads)")
+    p.add_argument("--gpus-per-run", type=nonnegative_float, default=0.0,
+                   help="GPUs each Ray task declares (fractions share a GPU)")
 
     p = add_command(sub, "report", "report.md and report.html from a bench folder", cmd_report)
     p.add_argument("dir", help="a bench folder ('plmtune bench --out')")

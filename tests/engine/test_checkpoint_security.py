@@ -118,7 +118,8 @@ def test_restored_rng_states_draw_the_same_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("value", [object(), {1.5: "float key"}, {True: "bool key"}, {"s": {1, 2}},
-                                   np.array([object()]), lambda: 0], ids=repr)
+                                   np.array([object()]), lambda: 0],
+                         ids=["object", "float key", "bool key", "set", "object array", "function"])
 def test_what_the_format_cannot_hold_is_refused_when_saving(tmp_path, value):
     save_tree(tmp_path / "t", {"old": 1})
     with pytest.raises(TypeError):
