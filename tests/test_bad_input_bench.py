@@ -177,8 +177,8 @@ def test_a_killed_bench_leaves_no_lock_behind(tmp_path, monkeypatch):
     holder.kill()  # SIGKILL: no cleanup code runs in the holder
     holder.wait()
     ran = []
-    monkeypatch.setattr(runner, "execute", lambda spec, key, threads: ran.append(spec) or
-                        {"status": "ok", "task": spec.task, "k": spec.k, "method": spec.method.name, "seed": spec.seed})
+    monkeypatch.setattr(runner, "run_local", lambda argv, threads, timeout, on_start: ran.append(argv) or
+                        runner.Outcome(0, 0.1))
     counts = runner.run_suite(load_suite(_suite(tmp_path, OK)), out, progress=False)
     assert counts["ran"] == 1 and len(ran) == 1
 

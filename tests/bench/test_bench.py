@@ -80,10 +80,10 @@ def test_a_bench_stopped_part_way_can_still_be_reported(tmp_path, monkeypatch):
     from plmtune.bench import runner
     from plmtune.bench.report import collect
 
-    def interrupted(spec, key, threads):
+    def interrupted(argv, threads, timeout, on_start):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "execute", interrupted)
+    monkeypatch.setattr(runner, "run_local", interrupted)
     out = tmp_path / "bench"
     with pytest.raises(KeyboardInterrupt):
         runner.run_suite(load_suite(_suite(tmp_path, "  - {name: vanilla, recipe: baseline}\n")), out, progress=False)
