@@ -24,7 +24,7 @@ def table_parser(doc: str) -> argparse.ArgumentParser:
     it), K and the metric; scripts add their own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path, nargs="+",
-                        help="bench folders or exported runs.jsonl files; each method from the first that holds it")
+                        help="bench folders or exported runs.jsonl files; each run from the first that holds it")
     parser.add_argument("--k", type=_k, default=16, help="labels per class, or 'full' (a suite's k: full)")
     parser.add_argument("--metric", default="accuracy")
     return parser

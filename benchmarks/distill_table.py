@@ -57,8 +57,7 @@ def tables(merged: dict, k, metric: str, student: str = "distill", setfit: str =
             continue
         runs = methods[student]
         ours, teacher = by_seed(runs, metric), _teacher(runs, metric)
-        majority = by_seed(methods["majority"], metric) if "majority" in methods else {}
-        base = by_seed(methods[setfit], metric) if setfit in methods else {}
+        majority, base = by_seed(methods.get("majority", {}), metric), by_seed(methods.get(setfit, {}), metric)
         peer_runs = methods.get(setfit_distill, {})
         peer, peer_teacher = by_seed(peer_runs, metric), _teacher(peer_runs, metric)
         out.append(f"| {task} | {len(ours)} | {cell(majority)} | {cell(base)} | {cell(peer_teacher)} | {cell(peer)} "

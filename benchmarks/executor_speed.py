@@ -5,8 +5,8 @@
 
 Each executor runs the whole suite (or the --only slice) from scratch into its own folder
 (OUT/EXECUTOR; an existing one is refused, so nothing is skipped). Printed per executor: the wall
-time of the bench, runs per hour, the warm-up paid once (the workers' imports; Ray's start is inside
-the wall time), the mean seconds per run as the bench recorded them, and the mean share of a run
+time of the bench (the warm workers' imports and Ray's start inside it), runs per hour, the mean
+seconds per run as the bench recorded them, and the mean share of a run
 spent outside training and evaluation (bench.json's process seconds minus result.json's train+eval
 seconds: start-up, model load, data; over the runs that train). Then whether every run's test metrics equal the first executor's.
 """

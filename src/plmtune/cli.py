@@ -261,24 +261,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str, ok, what: str, unit: str = "") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):  # NaN would never time out, inf never either
+        raise argparse.ArgumentTypeError(f"must be a {what}, finite number{unit}, got '{text}'")
+    return value
+
+
 def positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):  # NaN would never time out, inf never either
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of minutes, got '{text}'")
-    return value
-
-
-def _number(text: str, ok, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and ok(value)):
-        raise argparse.ArgumentTypeError(f"must be a {what}, finite number, got '{text}'")
-    return value
+    return _number(text, lambda v: v > 0, "positive", " of minutes")
 
 
 def positive_float(text: str) -> float:
@@ -354,6 +348,7 @@ def data_field_args(p: argparse.ArgumentParser, defaults: DataConfig | None = No
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand. A new one: ``p = add_command(sub, name, summary, func)``, then its arguments."""
     from .version import __version__
+    from .bench.executors import EXECUTORS
     from .config import DataConfig
 
     parser = _Parser(prog="plmtune", description=DESCRIPTION, epilog=EPILOG, parents=[_COMMON],
@@ -428,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=positive_int, default=1, help="runs at once (each then gets 1 CPU thread)")
     p.add_argument("--only", help="glob over run labels, e.g. 'sst2 K=16 *'")
     p.add_argument("--methods", help="comma-separated method names to run (default: all)")
-    p.add_argument("--executor", choices=["local", "warm", "ray"], default="local",
-                   help="local: a fresh process per run; warm: each run forked from a server that has done the "
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: a fresh process per run; warm: each run forked from a worker that has done the "
                         "imports once; ray: each run a Ray task (a local Ray of -j runs, or --ray-address)")
     p.add_argument("--timeout", type=positive_float, default=None,
                    help="seconds after which a run is killed and recorded as failed (default: none)")

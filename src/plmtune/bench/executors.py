@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..rundir import write_json_atomic
 
@@ -71,17 +71,31 @@ def _tail(path: str) -> str:
         return f.read().decode("utf-8", "replace").strip()[-ERROR_TAIL:]
 
 
-def _timed_out(seconds: float) -> str:
-    return f"plmtune bench: the run was killed after its timeout of {seconds:g} s."
+@contextlib.contextmanager
+def _error_file() -> Iterator[str]:
+    """A temporary file for a run's error output, removed afterwards."""
+    with tempfile.NamedTemporaryFile(prefix="plmtune-run-", suffix=".err", delete=False) as err:
+        path = err.name
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def _outcome(code: int, seconds: float, err_path: str, timed_out: bool, timeout: float | None) -> Outcome:
+    """The outcome of a run that ended with `code`: its error output's tail when it failed, and the
+    timeout said where that is what killed it."""
+    error = _tail(err_path) if code != 0 else ""
+    if timed_out:
+        error = (error + f"\nplmtune bench: the run was killed after its timeout of {timeout:g} s.").strip()
+    return Outcome(code, round(seconds, 2), error, timed_out)
 
 
 def run_local(argv: list[str], threads: int | None, timeout: float | None,
               on_start: Callable[[int], None] = lambda pid: None) -> Outcome:
     """`python -m plmtune ARGV` in a fresh process; standard output dropped, standard error kept."""
     env = dict(os.environ, **RUN_ENV, **thread_env(threads))
-    with tempfile.NamedTemporaryFile(prefix="plmtune-run-", suffix=".err", delete=False) as err:
-        path = err.name
-    try:
+    with _error_file() as path:
         with open(path, "wb") as err:
             start = time.perf_counter()
             proc = subprocess.Popen([sys.executable, "-m", "plmtune", *argv], stdin=subprocess.DEVNULL,
@@ -92,12 +106,7 @@ def run_local(argv: list[str], threads: int | None, timeout: float | None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code, timed_out = proc.wait(), True
-            seconds = time.perf_counter() - start
-        error = _tail(path) if code != 0 else ""
-    finally:
-        os.unlink(path)
-    return Outcome(code, round(seconds, 2), (error + "\n" + _timed_out(timeout)).strip() if timed_out else error,
-                   timed_out)
+        return _outcome(code, time.perf_counter() - start, path, timed_out, timeout)
 
 
 # ------------------------------------------------------------------ warm workers
@@ -125,14 +134,12 @@ class WarmWorker:
     (plmtune.bench.zygote has the protocol). One run at a time; a worker that died is replaced."""
 
     def __init__(self) -> None:
-        begin = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "plmtune.bench.zygote"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=dict(os.environ, **_WORKER_ENV))
         self._buffer = b""
         ready = self._answer(None)
         if not ready or not ready.get("ready"):
             raise RuntimeError("plmtune bench: a warm worker did not start (its error output is above).")
-        self.startup_seconds = time.perf_counter() - begin
 
     def _answer(self, timeout: float | None) -> dict | None:
         """The worker's next answer; None at EOF (it died) or when `timeout` passes first."""
@@ -156,9 +163,7 @@ class WarmWorker:
 
     def run(self, argv: list[str], threads: int | None, timeout: float | None,
             on_start: Callable[[int], None] = lambda pid: None, env: dict[str, str] | None = None) -> Outcome:
-        with tempfile.NamedTemporaryFile(prefix="plmtune-run-", suffix=".err", delete=False) as err:
-            path = err.name
-        try:
+        with _error_file() as path:
             # the run's environment as a fresh process would have it: the worker's own settings undone
             child_env = {k: os.environ.get(k) for k in _WORKER_ENV if k not in RUN_ENV}
             child_env.update(thread_env(threads), **(env or {}))
@@ -183,13 +188,7 @@ class WarmWorker:
             seconds = time.perf_counter() - start
             if ended is None:
                 return Outcome(-1, round(seconds, 2), "plmtune bench: the warm worker died during the run.")
-            code = ended["code"]
-            error = _tail(path) if code != 0 else ""
-        finally:
-            os.unlink(path)
-        if timed_out:
-            error = (error + "\n" + _timed_out(timeout)).strip()
-        return Outcome(code, round(seconds, 2), error, timed_out)
+            return _outcome(ended["code"], seconds, path, timed_out, timeout)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -208,7 +207,6 @@ class WarmPool:
     def __init__(self) -> None:
         self._idle: list[WarmWorker] = []
         self._lock = threading.Lock()
-        self.startup_seconds: list[float] = []
 
     def _take(self) -> WarmWorker:
         with self._lock:
@@ -216,10 +214,7 @@ class WarmPool:
                 worker = self._idle.pop()
                 if worker.alive():
                     return worker
-        worker = WarmWorker()
-        with self._lock:
-            self.startup_seconds.append(worker.startup_seconds)
-        return worker
+        return WarmWorker()
 
     def start(self, n: int) -> None:
         """Start `n` workers at once (their imports in parallel), before any run is timed."""
@@ -229,7 +224,6 @@ class WarmPool:
             workers = list(pool.map(lambda _: WarmWorker(), range(n)))
         with self._lock:
             self._idle.extend(workers)
-            self.startup_seconds.extend(w.startup_seconds for w in workers)
 
     def run(self, argv: list[str], threads: int | None, timeout: float | None,
             on_start: Callable[[int], None] = lambda pid: None, env: dict[str, str] | None = None) -> Outcome:

@@ -3,7 +3,7 @@ at once) or on a running cluster (``--ray-address``). Ray schedules; plmtune wri
 scheduling.
 
 Each task declares its CPUs (``--cpus-per-run``, also the run's torch threads) and GPUs
-(``--gpus-per-run``). Inside a Ray worker the run is forked from that worker's warm server
+(``--gpus-per-run``). Inside a Ray worker the run is forked from that worker's warm worker
 (plmtune.bench.executors.WarmWorker), which Ray keeps between the tasks it gives the worker, so
 imports are paid once per worker, not once per run. A run that crashes, is killed or passes its
 timeout fails alone; a Ray worker that dies (an out-of-memory kill of the whole worker, a lost node)
@@ -35,7 +35,7 @@ def _import_ray():
 
 
 def _task(argv: list[str], threads: int, timeout: float | None, out_dir: str, key: str) -> Outcome:
-    """The body of one Ray task, in a Ray worker: the run forked from this worker's warm server."""
+    """The body of one Ray task, in a Ray worker: the run forked from this Ray worker's warm worker."""
     # Ray sets CUDA_VISIBLE_DEVICES for each task in the worker's environment; hand it to the run.
     env = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES",) if k in os.environ}
     return warm_pool().run(argv, threads, timeout, on_start=lambda pid: mark_running(Path(out_dir), key, pid),

@@ -7,7 +7,7 @@ key (a hash of the resolved method, the data files and the seed) is skipped; any
 run, failed, interrupted, or changed since) runs again. A failure is recorded in ``bench.json``
 with the end of its error output and never stops the suite. With ``jobs > 1`` each process gets
 one CPU thread, since two multi-threaded torch processes on a small machine slow each other ~10x.
-How a run's process is started (fresh, forked from a warm server, or as a Ray task) is the
+How a run's process is started (fresh, forked from a warm worker, or as a Ray task) is the
 executor's business (plmtune.bench.executors); what is written is the same for all of them.
 
 One bench at a time per folder: ``run_suite`` holds an exclusive lock on the bench folder (see

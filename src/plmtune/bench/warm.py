@@ -1,4 +1,4 @@
-"""Imported once by a bench's warm server (see plmtune.bench.executors): what a run would import at its
+"""Imported once by a warm worker (plmtune.bench.zygote): what a run would import at its
 start — torch, transformers, plmtune's run path and the peers' libraries — so that every run forked from
 the server starts with them loaded. Nothing here runs anything or touches a device."""
 

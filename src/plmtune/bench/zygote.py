@@ -2,9 +2,10 @@
 then forks one child per request, each running the plmtune CLI as a fresh process would.
 
 The protocol is JSON lines over the worker's standard input and output (data only, never pickles):
-the bench sends ``{"argv": [...], "err": PATH, "threads": N|null, "blas": N, "env": {NAME: VALUE|null}}``;
-the worker answers ``{"pid": PID}`` when the child is started and ``{"code": EXIT}`` when it has
-ended (negative: killed by that signal). The child's standard output goes to /dev/null and its error
+the worker says ``{"ready": true}`` once its imports are done; the bench sends ``{"argv": [...],
+"err": PATH, "threads": N|null, "blas": N, "env": {NAME: VALUE|null}}``; the worker answers
+``{"pid": PID}`` when the child is started and ``{"code": EXIT}`` when it has ended (negative:
+killed by that signal). The child's standard output goes to /dev/null and its error
 output to PATH. The worker is single-threaded (forking a process with threads is unsafe) and ends
 when its standard input closes.
 """
@@ -70,9 +71,6 @@ def serve(requests, answer, answer_fd: int) -> None:
 
 
 def main() -> None:
-    import time
-
-    start = time.perf_counter()
     import plmtune.bench.warm  # noqa: F401  (the imports every child inherits)
 
     out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -82,7 +80,7 @@ def main() -> None:
         out.write(json.dumps(message) + "\n")
         out.flush()
 
-    answer({"ready": True, "seconds": round(time.perf_counter() - start, 3)})
+    answer({"ready": True})
     try:
         serve(sys.stdin, answer, out.fileno())
     except KeyboardInterrupt:
