@@ -92,6 +92,20 @@ CASES = {
     # Q2: -j checked while parsing, before data/ or suite.json are written.
     "bench -j 0": (_bench(OK, "-j", "0"), r"plmtune bench: error: -j/--jobs must be a positive integer, got '0'"),
     "bench -j -1": (_bench(OK, "-j", "-1"), r"-j/--jobs must be a positive integer, got '-1'"),
+    # X1-X5: the executors' options, checked before the suite is read or anything is written.
+    "bench --cpus-per-run without ray": (
+        _bench(OK, "--cpus-per-run", "2"),
+        r"plmtune: error: --ray-address, --cpus-per-run and --gpus-per-run are for --executor ray\."),
+    "bench --ray-address without ray": (
+        _bench(OK, "--ray-address", "auto"),
+        r"--ray-address, --cpus-per-run and --gpus-per-run are for --executor ray\."),
+    "bench --executor threads": (_bench(OK, "--executor", "threads"),
+                                 r"plmtune bench: error: argument --executor: invalid choice: 'threads' "
+                                 r"\(choose from 'local', 'warm', 'ray'\)"),
+    "bench --timeout 0": (_bench(OK, "--timeout", "0"), r"--timeout must be a positive, finite number, got '0'"),
+    "bench --timeout nan": (_bench(OK, "--timeout", "nan"), r"--timeout must be a positive, finite number, got 'nan'"),
+    "bench --gpus-per-run -1": (_bench(OK, "--executor", "ray", "--gpus-per-run", "-1"),
+                                r"--gpus-per-run must be a non-negative, finite number, got '-1'"),
     # DM1: demo shares the seed-list check with `data fewshot`.
     "demo --seeds a,b": (lambda t: ["demo", "--out", t / "b", "--seeds", "a,b"],
                          r"plmtune demo: error: --seeds must be comma-separated integers, got 'a,b'"),

@@ -1,7 +1,8 @@
 """The bench's executors (plmtune.bench.executors, plmtune.bench.ray_executor): a fresh process per run
 (local), a process forked per run from a server that did the imports once (warm), and Ray tasks on a
 local Ray with two workers (ray). The same run folders whichever ran them; a run killed mid-way fails
-alone and the next bench redoes it; a run past its timeout is killed and recorded as such."""
+alone and the next bench redoes it; a run past its timeout is killed and recorded as such. Bad
+executor options are rows of the bad-input table (tests/test_bad_input_bench.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import pytest
 from shared_data import shared_dataset
 from plmtune.bench.runner import run_suite, status
 from plmtune.bench.suite import load_suite, run_key
-from plmtune.cli import main
 
 
 def _tests(out):
@@ -107,19 +107,3 @@ def test_a_run_left_running_is_not_done_even_over_an_older_result(tmp_path):
                              ({"key": "other", "status": "ok"}, "todo")):
         (spec.out_dir / "bench.json").write_text(json.dumps(record))
         assert status(spec, key) == expected, record
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--cpus-per-run", "2"], "--ray-address, --cpus-per-run and --gpus-per-run are for --executor ray"),
-    (["--ray-address", "auto"], "--ray-address, --cpus-per-run and --gpus-per-run are for --executor ray"),
-    (["--executor", "threads"], "--executor: invalid choice: 'threads'"),
-    (["--timeout", "0"], "--timeout must be a positive, finite number, got '0'"),
-    (["--timeout", "nan"], "--timeout must be a positive, finite number, got 'nan'"),
-    (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run must be a non-negative, finite number, got '-1'"),
-])
-def test_bad_executor_options_are_refused_before_anything_is_written(tmp_path, capsys, args, message):
-    out = tmp_path / "bench"
-    assert main(["bench", "smoke", "--data-root", str(tmp_path), "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    assert not out.exists()
